@@ -1,0 +1,299 @@
+/**
+ * Loads a device config: YAML file -> env overrides -> CLI overrides -> schema (defaults + validation)
+ * -> semantic checks (files that must exist) -> resolved paths and secrets.
+ *
+ * Every problem is collected, never just the first: a bad config refuses to start with the full list,
+ * each as `path: message` (with the YAML line when the value came from the file).
+ */
+import { existsSync, readFileSync, statSync } from 'node:fs';
+import { hostname } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Ajv, type ErrorObject } from 'ajv';
+import { LineCounter, parseDocument, isMap, isSeq, isScalar, parse as parseYaml, type Node as YamlNode } from 'yaml';
+import { configSchema, type AgentConfig } from './schema.js';
+
+export const ENV_PREFIX = 'EDGE_AGENT_';
+
+export class ConfigError extends Error {
+  constructor(
+    readonly problems: string[],
+    readonly source: string,
+  ) {
+    super(`invalid config ${source}:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** CLI flags that override the file (the documented contract of `edge-agent run`). */
+export interface CliOverrides {
+  inbox?: string;
+  stateDir?: string;
+  mqttUrl?: string;
+  deviceId?: string;
+}
+
+export interface LoadOptions {
+  env?: NodeJS.ProcessEnv;
+  cli?: CliOverrides;
+  /** Directory relative paths resolve against (default: process.cwd()). */
+  cwd?: string;
+  /**
+   * Check that referenced files (secrets, certificates, model bundle) exist and read the secrets
+   * (default true). False validates a config meant for another machine (`validate-config --offline`).
+   */
+  checkFiles?: boolean;
+}
+
+export interface LoadedConfig {
+  config: AgentConfig;
+  /** Where each value came from is not tracked; this is the file (or '<defaults>'). */
+  source: string;
+}
+
+/** Root of the installed package (holds models/, device-configs/). */
+export const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+const packageRootFromSrc = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export function shippedPath(...segments: string[]): string {
+  // Compiled code lives in dist/src/config, sources in src/config: find the folder that has package.json.
+  for (const root of [packageRoot, packageRootFromSrc]) {
+    if (existsSync(path.join(root, 'package.json'))) return path.join(root, ...segments);
+  }
+  return path.join(packageRootFromSrc, ...segments);
+}
+
+const ajv = new Ajv({ allErrors: true, useDefaults: true, strict: true, allowUnionTypes: true, verbose: true });
+ajv.addKeyword({ keyword: 'x-restart', schemaType: 'boolean' });
+const validate = ajv.compile<AgentConfig>(configSchema);
+
+interface SchemaNode {
+  type?: string;
+  properties?: Record<string, SchemaNode>;
+  additionalProperties?: unknown;
+  items?: SchemaNode;
+}
+
+function toEnvSegment(key: string): string {
+  return key.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase();
+}
+
+/** Every settable leaf of the schema with its env name: EDGE_AGENT_MQTT__TLS__CA_FILE -> mqtt.tls.caFile. */
+export function envVariables(): { name: string; path: string[]; type: string }[] {
+  const out: { name: string; path: string[]; type: string }[] = [];
+  const walk = (node: SchemaNode, at: string[]): void => {
+    if (node.type === 'object' && node.properties && Object.keys(node.properties).length > 0) {
+      for (const [k, child] of Object.entries(node.properties)) walk(child, [...at, k]);
+      return;
+    }
+    out.push({ name: ENV_PREFIX + at.map(toEnvSegment).join('__'), path: at, type: node.type ?? 'string' });
+  };
+  walk(configSchema as unknown as SchemaNode, []);
+  return out;
+}
+
+function setPath(target: Record<string, unknown>, at: string[], value: unknown): void {
+  let cur = target;
+  for (const key of at.slice(0, -1)) {
+    const next = cur[key];
+    if (typeof next !== 'object' || next === null || Array.isArray(next)) cur[key] = {};
+    cur = cur[key] as Record<string, unknown>;
+  }
+  cur[at[at.length - 1]!] = value;
+}
+
+function envValue(raw: string, type: string): unknown {
+  if (type === 'string') return raw;
+  if (type === 'array' && !raw.trim().startsWith('[')) {
+    return raw.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+  }
+  try {
+    return parseYaml(raw) as unknown;
+  } catch {
+    return raw; // the schema reports the type mismatch
+  }
+}
+
+/** Finds the YAML line of a JSON pointer like /mqtt/tls/caFile (best effort). */
+function lineOf(doc: ReturnType<typeof parseDocument>, counter: LineCounter, pointer: string): number | undefined {
+  const segs = pointer.split('/').slice(1).map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'));
+  let node: unknown = doc.contents;
+  let last: YamlNode | undefined;
+  for (const seg of segs) {
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === seg);
+      if (!pair) break;
+      last = pair.key as YamlNode;
+      node = pair.value;
+    } else if (isSeq(node)) {
+      const item = node.items[Number(seg)];
+      if (item === undefined) break;
+      last = item as YamlNode;
+      node = item;
+    } else break;
+  }
+  const range = last?.range;
+  return range ? counter.linePos(range[0]).line : undefined;
+}
+
+function describe(e: ErrorObject): { at: string; message: string } {
+  let at = e.instancePath || '';
+  let message = e.message ?? 'invalid';
+  if (e.keyword === 'additionalProperties') {
+    const extra = (e.params as { additionalProperty: string }).additionalProperty;
+    at = `${at}/${extra}`;
+    message = 'unknown setting';
+  } else if (e.keyword === 'enum') {
+    message = `must be one of ${(e.params as { allowedValues: unknown[] }).allowedValues.map(String).join(', ')}`;
+  } else if (e.keyword === 'required') {
+    at = `${at}/${(e.params as { missingProperty: string }).missingProperty}`;
+    message = 'is required';
+  } else if (e.keyword === 'pattern') {
+    const description = (e.parentSchema as { description?: string } | undefined)?.description;
+    message = `${JSON.stringify(e.data)} is not valid${description ? `: ${description}` : ` (${message})`}`;
+  } else if (e.keyword === 'propertyNames') {
+    message = `has an invalid key ${JSON.stringify((e.params as { propertyName: string }).propertyName)}`;
+  }
+  return { at, message };
+}
+
+function pointerToPath(pointer: string): string {
+  const p = pointer.split('/').slice(1).join('.');
+  return p === '' ? '(root)' : p;
+}
+
+function expandVars(value: string, env: NodeJS.ProcessEnv): string {
+  return value.replace(/\$\{([A-Z0-9_]+)\}|\$([A-Z0-9_]+)/g, (_m, a: string | undefined, b: string | undefined) => env[(a ?? b)!] ?? '');
+}
+
+/**
+ * Loads and validates. Throws ConfigError listing every problem; never returns a half-valid config.
+ * `file` undefined means: defaults only (used by `infer` without --config).
+ */
+export function loadConfig(file: string | undefined, options: LoadOptions = {}): LoadedConfig {
+  const env = options.env ?? process.env;
+  const cwd = options.cwd ?? process.cwd();
+  const source = file ?? '<defaults>';
+  const problems: string[] = [];
+  let raw: Record<string, unknown> = {};
+  let doc: ReturnType<typeof parseDocument> | undefined;
+  const counter = new LineCounter();
+
+  if (file !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new ConfigError([`(file): cannot read ${file}: ${(err as Error).message}`], source);
+    }
+    doc = parseDocument(text, { lineCounter: counter, prettyErrors: false, uniqueKeys: true });
+    if (doc.errors.length > 0) {
+      throw new ConfigError(
+        doc.errors.map((e) => {
+          const pos = counter.linePos(e.pos[0]);
+          return `(yaml) line ${pos.line}:${pos.col}: ${e.message.split('\n')[0]}`;
+        }),
+        source,
+      );
+    }
+    const value: unknown = doc.toJS();
+    if (value === null || value === undefined) raw = {};
+    else if (typeof value === 'object' && !Array.isArray(value)) raw = value as Record<string, unknown>;
+    else throw new ConfigError(['(root): must be a mapping of settings'], source);
+  }
+
+  const fromEnv = new Set<string>();
+  for (const v of envVariables()) {
+    const value = env[v.name];
+    if (value === undefined) continue;
+    setPath(raw, v.path, envValue(value, v.type));
+    fromEnv.add('/' + v.path.join('/'));
+  }
+  const cli = options.cli ?? {};
+  if (cli.inbox !== undefined) setPath(raw, ['inbox'], cli.inbox);
+  if (cli.stateDir !== undefined) setPath(raw, ['stateDir'], cli.stateDir);
+  if (cli.mqttUrl !== undefined) setPath(raw, ['mqtt', 'url'], cli.mqttUrl);
+  if (cli.deviceId !== undefined) setPath(raw, ['deviceId'], cli.deviceId);
+
+  if (!validate(raw)) {
+    for (const e of validate.errors ?? []) {
+      const { at, message } = describe(e);
+      const where = fromEnv.has(at) ? ' (from environment)' : doc ? lineSuffix(doc, counter, at) : '';
+      problems.push(`${pointerToPath(at)}: ${message}${where}`);
+    }
+    throw new ConfigError(dedupe(problems), source);
+  }
+  const config = raw as unknown as AgentConfig;
+
+  // Derived defaults and resolved paths.
+  if (config.deviceId === '') {
+    config.deviceId = hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'edge-agent';
+  }
+  config.inbox = path.resolve(cwd, config.inbox);
+  config.stateDir = path.resolve(cwd, config.stateDir);
+  config.doneDir = config.doneDir ? path.resolve(cwd, config.doneDir) : path.join(path.dirname(config.inbox), 'done');
+  config.quarantineDir = config.quarantineDir
+    ? path.resolve(cwd, config.quarantineDir)
+    : path.join(path.dirname(config.inbox), 'quarantine');
+  config.model.bundle = config.model.bundle ? path.resolve(cwd, config.model.bundle) : shippedPath('models', 'orientation-qa');
+  if (config.mqtt.clientId === '') config.mqtt.clientId = `edge-agent-${config.deviceId}`;
+
+  for (const [name, dir] of [['doneDir', config.doneDir], ['quarantineDir', config.quarantineDir], ['stateDir', config.stateDir]] as const) {
+    if (isInside(dir, config.inbox)) problems.push(`${name}: must not be inside the inbox (${config.inbox})`);
+  }
+  const checkFiles = options.checkFiles ?? true;
+  if (checkFiles && !existsSync(path.join(config.model.bundle, 'manifest.json'))) {
+    problems.push(`model.bundle: no manifest.json in ${config.model.bundle}`);
+  }
+
+  // Secrets from files (systemd LoadCredential= puts them under $CREDENTIALS_DIRECTORY).
+  const fileSetting = (at: string, value: string): string | undefined => {
+    if (!value || !checkFiles) return undefined;
+    const resolved = path.resolve(cwd, expandVars(value, env));
+    try {
+      if (!statSync(resolved).isFile()) throw new Error('not a regular file');
+      return resolved;
+    } catch (err) {
+      problems.push(`${at}: cannot read ${resolved}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      return undefined;
+    }
+  };
+  const pw = fileSetting('mqtt.passwordFile', config.mqtt.passwordFile);
+  if (pw) config.mqtt.password = readFileSync(pw, 'utf8').replace(/\r?\n$/, '');
+  if (pw) config.mqtt.passwordFile = pw;
+  for (const k of ['caFile', 'certFile', 'keyFile'] as const) {
+    const resolved = fileSetting(`mqtt.tls.${k}`, config.mqtt.tls[k]);
+    if (resolved) config.mqtt.tls[k] = resolved;
+  }
+  if (Boolean(config.mqtt.tls.certFile) !== Boolean(config.mqtt.tls.keyFile)) {
+    problems.push('mqtt.tls: certFile and keyFile go together (mutual TLS needs both)');
+  }
+  if (config.mqtt.password && !config.mqtt.username) problems.push('mqtt.username: required when a password is set');
+  if (config.privacy.uidSaltFile) {
+    const salt = fileSetting('privacy.uidSaltFile', config.privacy.uidSaltFile);
+    if (salt) config.privacy.uidSaltFile = salt;
+  }
+  if (problems.length > 0) throw new ConfigError(problems, source);
+  return { config, source };
+}
+
+function lineSuffix(doc: ReturnType<typeof parseDocument>, counter: LineCounter, at: string): string {
+  const line = lineOf(doc, counter, at);
+  return line !== undefined ? ` (line ${line})` : '';
+}
+
+function dedupe(items: string[]): string[] {
+  return [...new Set(items)];
+}
+
+function isInside(child: string, parent: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/** A copy safe to show (get-config, logs): secrets replaced. */
+export function redactConfig(config: AgentConfig): AgentConfig {
+  const copy = structuredClone(config);
+  if (copy.mqtt.password) copy.mqtt.password = '***';
+  return copy;
+}

@@ -1,0 +1,250 @@
+/**
+ * The one schema of the device config: it gives the defaults, the validation and (through
+ * docs/CONFIG.md) the reference. Every object carries `default: {}` so Ajv's `useDefaults` fills the
+ * nested defaults of a config that leaves a whole section out.
+ *
+ * `x-restart: true` marks settings that cannot be applied live (used by remote set-config later).
+ */
+
+export type FramePolicy = 'first' | 'middle' | 'all';
+
+export interface WindowConfig {
+  center: number;
+  width: number;
+}
+
+export interface AgentConfig {
+  /** Identifies this agent on MQTT; default: the host name. */
+  deviceId: string;
+  /** Id of the device config (e.g. `ct-scanner`), reported in health. */
+  configId: string;
+  /** Groups this agent belongs to (fleet commands to a group). */
+  groups: string[];
+  inbox: string;
+  stateDir: string;
+  doneDir: string;
+  quarantineDir: string;
+  ingest: {
+    stabilityMs: number;
+    pollIntervalMs: number;
+    usePolling: boolean;
+    ignore: string[];
+    queueCapacity: number;
+    maxFileBytes: number;
+    afterPublish: 'move' | 'delete';
+    maxAttempts: number;
+  };
+  decode: {
+    framePolicy: FramePolicy;
+    maxFrames: number;
+    preferFileWindow: boolean;
+    windowing: Record<string, WindowConfig>;
+  };
+  model: {
+    bundle: string;
+    runtime: 'onnx';
+    providers: string[];
+    intraOpThreads: number;
+    interOpThreads: number;
+    graphOptimization: 'disabled' | 'basic' | 'extended' | 'all';
+    warmupRuns: number;
+  };
+  pipeline: {
+    concurrency: number;
+  };
+  mqtt: {
+    /** mqtt://, mqtts://, ws://; empty means: start the embedded broker. */
+    url: string;
+    embedded: { host: string; port: number };
+    baseTopic: string;
+    clientId: string;
+    username: string;
+    passwordFile: string;
+    password: string;
+    tls: {
+      caFile: string;
+      certFile: string;
+      keyFile: string;
+      rejectUnauthorized: boolean;
+    };
+    keepaliveSec: number;
+    reconnectPeriodMs: number;
+    connectTimeoutMs: number;
+    inflightWindow: number;
+  };
+  privacy: {
+    /** Publish DICOM UIDs as they are instead of salted hashes. */
+    allowUids: boolean;
+    /** File holding the salt for UID hashes; default: generated once in the state dir. */
+    uidSaltFile: string;
+  };
+  logging: {
+    level: LogLevel;
+    components: Record<string, LogLevel>;
+  };
+  shutdown: {
+    flushTimeoutMs: number;
+  };
+}
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+const logLevel = { type: 'string', enum: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] };
+const topicLevel = {
+  type: 'string',
+  minLength: 1,
+  maxLength: 128,
+  pattern: '^[^+#/\\u0000]+$',
+  description: 'one MQTT topic level, without "/", "+" or "#"',
+};
+
+export const configSchema = {
+  $id: 'https://imaging-edge-agent/device-config.json',
+  type: 'object',
+  additionalProperties: false,
+  properties: {
+    deviceId: { ...topicLevel, minLength: 0, pattern: '^[^+#/\\u0000]*$', description: 'one MQTT topic level without "/", "+" or "#" (default: the host name)', default: '' },
+    configId: { type: 'string', default: 'default', description: 'id of the device config, reported in health' },
+    groups: { type: 'array', items: topicLevel, default: [], description: 'fleet groups', 'x-restart': true },
+    inbox: { type: 'string', minLength: 1, default: './var/inbox', 'x-restart': true },
+    stateDir: { type: 'string', minLength: 1, default: './var/state', 'x-restart': true },
+    doneDir: { type: 'string', default: '', description: 'default: <inbox>/../done', 'x-restart': true },
+    quarantineDir: { type: 'string', default: '', description: 'default: <inbox>/../quarantine', 'x-restart': true },
+    ingest: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        stabilityMs: {
+          type: 'integer', minimum: 50, maximum: 600000, default: 1000,
+          description: 'a file is taken once its size and mtime stayed unchanged this long',
+        },
+        pollIntervalMs: { type: 'integer', minimum: 10, maximum: 60000, default: 250 },
+        usePolling: { type: 'boolean', default: false, description: 'poll the inbox (network/slow filesystems)', 'x-restart': true },
+        ignore: {
+          type: 'array', items: { type: 'string' },
+          default: ['.*', '*.tmp', '*.part', '*.partial', '*.crdownload', '*.filepart', '*~', '*.swp'],
+          description: 'file-name globs never taken (temporary and hidden names)',
+        },
+        queueCapacity: { type: 'integer', minimum: 1, maximum: 100000, default: 64, description: 'jobs held in memory; beyond it intake pauses' },
+        maxFileBytes: { type: 'integer', minimum: 1024, default: 2147483648 },
+        afterPublish: { type: 'string', enum: ['move', 'delete'], default: 'move' },
+        maxAttempts: { type: 'integer', minimum: 1, maximum: 100, default: 3, description: 'tries before a file is quarantined' },
+      },
+    },
+    decode: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        framePolicy: { type: 'string', enum: ['first', 'middle', 'all'], default: 'middle' },
+        maxFrames: { type: 'integer', minimum: 1, maximum: 10000, default: 64 },
+        preferFileWindow: { type: 'boolean', default: true },
+        windowing: {
+          type: 'object',
+          default: {},
+          propertyNames: { pattern: '^[A-Z]{2,4}$' },
+          additionalProperties: {
+            type: 'object',
+            additionalProperties: false,
+            required: ['center', 'width'],
+            properties: { center: { type: 'number' }, width: { type: 'number', exclusiveMinimum: 0 } },
+          },
+        },
+      },
+    },
+    model: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        bundle: { type: 'string', default: '', description: 'bundle directory; default: the shipped models/orientation-qa' },
+        runtime: { type: 'string', enum: ['onnx'], default: 'onnx' },
+        providers: {
+          type: 'array', minItems: 1, default: ['cpu'],
+          items: { type: 'string', enum: ['tensorrt', 'cuda', 'rocm', 'migraphx', 'openvino', 'dml', 'coreml', 'qnn', 'xnnpack', 'webgpu', 'cpu'] },
+          description: 'execution providers in preference order; cpu is always the last resort',
+        },
+        intraOpThreads: { type: 'integer', minimum: 0, maximum: 256, default: 0, description: '0: ORT default (cores)' },
+        interOpThreads: { type: 'integer', minimum: 0, maximum: 256, default: 1 },
+        graphOptimization: { type: 'string', enum: ['disabled', 'basic', 'extended', 'all'], default: 'all' },
+        warmupRuns: { type: 'integer', minimum: 0, maximum: 100, default: 3 },
+      },
+    },
+    pipeline: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        concurrency: { type: 'integer', minimum: 1, maximum: 64, default: 2, description: 'jobs decoded/inferred at once' },
+      },
+    },
+    mqtt: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        url: { type: 'string', default: '', pattern: '^$|^(mqtts?|wss?|tcp|ssl)://', description: 'a broker URL (mqtt://, mqtts://, ws://, wss://) or empty for the embedded broker' },
+        embedded: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            host: { type: 'string', default: '127.0.0.1' },
+            port: { type: 'integer', minimum: 0, maximum: 65535, default: 1883 },
+          },
+        },
+        baseTopic: {
+          type: 'string', minLength: 1, maxLength: 256, default: 'imaging',
+          pattern: '^(?!/)(?!.*//)(?!.*/$)[^+#\\u0000]+$',
+          description: 'topic prefix without wildcards (+ #) or empty levels',
+        },
+        clientId: { type: 'string', default: '', description: 'default: edge-agent-<deviceId>' },
+        username: { type: 'string', default: '' },
+        passwordFile: { type: 'string', default: '', description: 'file holding the MQTT password (secret; not inline)' },
+        password: { type: 'string', default: '', description: 'prefer passwordFile; env EDGE_AGENT_MQTT__PASSWORD also works' },
+        tls: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            caFile: { type: 'string', default: '' },
+            certFile: { type: 'string', default: '' },
+            keyFile: { type: 'string', default: '' },
+            rejectUnauthorized: { type: 'boolean', default: true },
+          },
+        },
+        keepaliveSec: { type: 'integer', minimum: 0, maximum: 65535, default: 30 },
+        reconnectPeriodMs: { type: 'integer', minimum: 100, maximum: 600000, default: 2000 },
+        connectTimeoutMs: { type: 'integer', minimum: 100, maximum: 600000, default: 10000 },
+        inflightWindow: { type: 'integer', minimum: 1, maximum: 65535, default: 32 },
+      },
+    },
+    privacy: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        allowUids: { type: 'boolean', default: false },
+        uidSaltFile: { type: 'string', default: '' },
+      },
+    },
+    logging: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        level: { ...logLevel, default: 'info' },
+        components: { type: 'object', default: {}, additionalProperties: logLevel },
+      },
+    },
+    shutdown: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      properties: {
+        flushTimeoutMs: { type: 'integer', minimum: 0, maximum: 600000, default: 5000 },
+      },
+    },
+  },
+} as const;

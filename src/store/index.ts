@@ -1,0 +1,40 @@
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { openDatabase, getMeta, setMeta, type Db } from './db.js';
+import { Journal } from './journal.js';
+import { Outbox } from './outbox.js';
+
+export { Journal, type Job, type JobState, type AcceptOutcome, type OutboxMessage } from './journal.js';
+export { Outbox, type OutboxEntry } from './outbox.js';
+
+export class StateStore {
+  readonly journal: Journal;
+  readonly outbox: Outbox;
+
+  private constructor(readonly db: Db) {
+    this.journal = new Journal(db);
+    this.outbox = new Outbox(db);
+  }
+
+  static open(stateDir: string): StateStore {
+    return new StateStore(openDatabase(stateDir));
+  }
+
+  /**
+   * Salt for hashing DICOM UIDs: from the configured file, else generated once and kept in the store,
+   * so the same study hashes the same way on this device across restarts (and differently elsewhere).
+   */
+  uidSalt(saltFile: string): string {
+    if (saltFile) return readFileSync(saltFile, 'utf8').trim();
+    let salt = getMeta(this.db, 'uid_salt');
+    if (!salt) {
+      salt = randomBytes(32).toString('hex');
+      setMeta(this.db, 'uid_salt', salt);
+    }
+    return salt;
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}

@@ -1,0 +1,54 @@
+/**
+ * Result outbox: every message that must reach the broker (results and error reports) is written
+ * here in the same transaction that finishes its job, and deleted only on PUBACK. The MQTT link reads
+ * it in seq order, so a broker outage or restart loses nothing and delivery resumes in order.
+ */
+import type { Db } from './db.js';
+import type { Job } from './journal.js';
+
+export interface OutboxEntry {
+  seq: number;
+  topic: string;
+  payload: string;
+}
+
+export class Outbox {
+  /** Called (synchronously, after the commit) when the last outbox row of an inferred job was acknowledged. */
+  onJobPublished: ((hash: string) => void) | undefined;
+
+  private readonly nextStmt;
+  private readonly countStmt;
+
+  constructor(private readonly db: Db) {
+    this.nextStmt = db.prepare('SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?');
+    this.countStmt = db.prepare('SELECT COUNT(*) AS n FROM outbox');
+  }
+
+  next(afterSeq: number, limit: number): OutboxEntry[] {
+    return this.nextStmt.all(afterSeq, limit) as OutboxEntry[];
+  }
+
+  ack(seq: number): void {
+    const published = this.db.transaction((): string | undefined => {
+      const row = this.db.prepare('DELETE FROM outbox WHERE seq = ? RETURNING job_hash').get(seq) as { job_hash: string | null } | undefined;
+      const hash = row?.job_hash;
+      if (!hash) return undefined;
+      const left = this.db.prepare('SELECT 1 FROM outbox WHERE job_hash = ? LIMIT 1').get(hash);
+      if (left) return undefined;
+      const r = this.db
+        .prepare("UPDATE jobs SET state = 'published', updated_at = ? WHERE hash = ? AND state = 'inferred'")
+        .run(Date.now(), hash);
+      return r.changes > 0 ? hash : undefined;
+    })();
+    if (published) this.onJobPublished?.(published);
+  }
+
+  size(): number {
+    return (this.countStmt.get() as { n: number }).n;
+  }
+
+  /** Outbox rows of one job (tests and diagnostics). */
+  forJob(job: Pick<Job, 'hash'>): OutboxEntry[] {
+    return this.db.prepare('SELECT seq, topic, payload FROM outbox WHERE job_hash = ? ORDER BY seq').all(job.hash) as OutboxEntry[];
+  }
+}
