@@ -1,0 +1,400 @@
+/**
+ * The capture pipeline: complete file -> content hash -> journal -> decode -> classify -> outbox
+ * -> (PUBACK) -> done/ or deleted; any file that cannot be processed -> quarantine/ + error message.
+ *
+ * Memory is bounded: at most `queueCapacity` jobs are known in memory (hashing, queued or running);
+ * when full, `offer()` refuses and the watcher rescans the inbox later.
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { mkdir, readFile, rename, copyFile, unlink, writeFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { decodeBuffer } from '../decode/index.js';
+import { DecodeError, type DecodeOptions, type DecodedCapture } from '../decode/types.js';
+import type { CompleteFile } from '../ingest/watcher.js';
+import type { Job, StateStore, OutboxMessage } from '../store/index.js';
+import type { Classifier } from './classifier.js';
+import { buildInput, buildResult, type ErrorReport, type PrivacyOptions } from './result.js';
+
+export interface PipelineOptions {
+  deviceId: string;
+  inbox: string;
+  doneDir: string;
+  quarantineDir: string;
+  afterPublish: 'move' | 'delete';
+  queueCapacity: number;
+  concurrency: number;
+  maxAttempts: number;
+  maxFileBytes: number;
+  decode: DecodeOptions;
+  privacy: PrivacyOptions;
+  topics: { result: string; error: string };
+}
+
+export interface PipelineEvents {
+  /** New rows are in the outbox. */
+  onOutbox?: () => void;
+  /** Called when the pipeline has room again after refusing a file. */
+  onRoom?: () => void;
+  onResult?: (resultId: string, job: Job) => void;
+  onFailure?: (code: string, job: Job) => void;
+}
+
+export interface PipelineStats {
+  accepted: number;
+  processed: number;
+  failed: number;
+  duplicates: number;
+  inMemory: number;
+  running: number;
+}
+
+/** A processing failure that is the input's fault: quarantine without retrying. */
+class InputError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export class Pipeline {
+  private readonly queue: string[] = [];
+  /** Every hash known in memory (queued or running), and the paths being hashed. */
+  private readonly known = new Set<string>();
+  private readonly hashing = new Set<string>();
+  private readonly pathsInFlight = new Set<string>();
+  private running = 0;
+  private stopping = false;
+  private refused = false;
+  private idleWaiters: (() => void)[] = [];
+  readonly stats: PipelineStats = { accepted: 0, processed: 0, failed: 0, duplicates: 0, inMemory: 0, running: 0 };
+
+  constructor(
+    private readonly opts: PipelineOptions,
+    private readonly store: StateStore,
+    private classifier: Classifier,
+    private readonly log: Logger,
+    private readonly events: PipelineEvents = {},
+  ) {
+    store.outbox.onJobPublished = (hash) => {
+      const job = store.journal.get(hash);
+      if (job) void this.finalize(job);
+    };
+  }
+
+  /** Replaces the model (later: hot swap). Jobs already running finish on the old one. */
+  setClassifier(c: Classifier): void {
+    this.classifier = c;
+  }
+
+  /** On start: finish file moves a crash interrupted, and resume every unfinished job. */
+  async recover(): Promise<{ resumed: number; finalized: number }> {
+    const pending = this.store.journal.pendingFinalize();
+    for (const job of pending) await this.finalize(job);
+    const unfinished = this.store.journal.unfinished();
+    for (const job of unfinished) {
+      if (this.known.size >= this.opts.queueCapacity) break; // the rest come back through the inbox scan
+      this.enqueue(job.hash, job.path);
+    }
+    if (unfinished.length > 0 || pending.length > 0) {
+      this.log.info({ resumed: unfinished.length, finalized: pending.length }, 'recovered unfinished work from the journal');
+    }
+    return { resumed: unfinished.length, finalized: pending.length };
+  }
+
+  private get load(): number {
+    return this.known.size + this.hashing.size;
+  }
+
+  /** True while a file is held by the pipeline (hashing, queued, running, or waiting for PUBACK). */
+  holds(filePath: string): boolean {
+    return this.pathsInFlight.has(filePath);
+  }
+
+  /** Watcher consumer: false means "full, offer it again later". */
+  offer(file: CompleteFile): boolean {
+    if (this.stopping) return false;
+    if (this.pathsInFlight.has(file.path)) return true;
+    if (this.load >= this.opts.queueCapacity) {
+      this.refused = true;
+      return false;
+    }
+    this.hashing.add(file.path);
+    this.pathsInFlight.add(file.path);
+    void this.intake(file).finally(() => {
+      this.hashing.delete(file.path);
+      this.checkRoom();
+    });
+    return true;
+  }
+
+  private async intake(file: CompleteFile): Promise<void> {
+    const log = this.log.child({ file: file.name });
+    let hash: string;
+    try {
+      if (file.size > this.opts.maxFileBytes) {
+        hash = await hashFile(file.path);
+        const { job } = this.store.journal.accept({ hash, name: file.name, path: file.path, size: file.size });
+        await this.quarantine(job, 'too-large', `file is ${file.size} bytes, over ingest.maxFileBytes (${this.opts.maxFileBytes})`, 'ingest');
+        this.pathsInFlight.delete(file.path);
+        return;
+      }
+      hash = await hashFile(file.path);
+    } catch (err) {
+      // Vanished between "complete" and hashing (moved away by someone else): nothing to take.
+      this.pathsInFlight.delete(file.path);
+      log.warn({ err: (err as Error).message }, 'file disappeared before it could be taken');
+      return;
+    }
+    const { outcome, job } = this.store.journal.accept({ hash, name: file.name, path: file.path, size: file.size });
+    this.stats.accepted++;
+    if (outcome === 'duplicate') {
+      this.stats.duplicates++;
+      this.pathsInFlight.delete(file.path);
+      log.info({ hash, state: job.state }, 'content already processed; not processing it again');
+      if (job.state === 'published') await this.finalize(job);
+      return;
+    }
+    if (this.known.has(hash)) {
+      // The same content is already queued under another name: this copy is a duplicate.
+      this.pathsInFlight.delete(file.path);
+      this.stats.duplicates++;
+      log.info({ hash }, 'same content already queued');
+      return;
+    }
+    log.debug({ hash, outcome }, 'accepted');
+    this.enqueue(hash, file.path);
+  }
+
+  private enqueue(hash: string, filePath: string): void {
+    this.known.add(hash);
+    this.pathsInFlight.add(filePath);
+    this.queue.push(hash);
+    this.stats.inMemory = this.known.size;
+    this.pump();
+  }
+
+  private pump(): void {
+    while (!this.stopping && this.running < this.opts.concurrency && this.queue.length > 0) {
+      const hash = this.queue.shift()!;
+      this.running++;
+      this.stats.running = this.running;
+      void this.runJob(hash).then((retry) => {
+        this.running--;
+        this.stats.running = this.running;
+        if (retry && !this.stopping) this.queue.push(hash);
+        else this.known.delete(hash);
+        this.stats.inMemory = this.known.size;
+        this.checkRoom();
+        this.pump();
+        if (this.running === 0 && (this.queue.length === 0 || this.stopping)) {
+          for (const w of this.idleWaiters.splice(0)) w();
+        }
+      });
+    }
+  }
+
+  private checkRoom(): void {
+    if (this.refused && this.load < Math.max(1, Math.floor(this.opts.queueCapacity / 2))) {
+      this.refused = false;
+      this.events.onRoom?.();
+    }
+  }
+
+  /** Runs one job; never throws. Returns true when the job should be tried again. */
+  private async runJob(hash: string): Promise<boolean> {
+    const job = this.store.journal.get(hash);
+    if (!job || (job.state !== 'queued' && job.state !== 'decoded')) return false;
+    const log = this.log.child({ file: job.name, hash: hash.slice(0, 12) });
+    const attempts = this.store.journal.beginAttempt(hash);
+    if (attempts > this.opts.maxAttempts) {
+      await this.quarantine(job, 'too-many-attempts', `processing failed or was interrupted ${attempts - 1} times`, 'pipeline');
+      return false;
+    }
+    const t0 = performance.now();
+    const queuedMs = Date.now() - job.updatedAt;
+    try {
+      let bytes: Buffer;
+      try {
+        bytes = await readFile(job.path);
+      } catch (err) {
+        throw new InputError('missing', `file could not be read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+      const t1 = performance.now();
+      let capture: DecodedCapture;
+      try {
+        capture = await decodeBuffer(bytes, this.opts.decode);
+      } catch (err) {
+        if (err instanceof DecodeError) throw new InputError(err.code, err.message);
+        throw err;
+      }
+      const t2 = performance.now();
+      this.store.journal.markDecoded(hash, { modality: capture.meta.modality, frames: capture.frames.length });
+      const classifier = this.classifier;
+      const out = await classifier.classify(capture.frames);
+      const t3 = performance.now();
+      const messages: OutboxMessage[] = capture.frames.map((frame, i) => {
+        const result = buildResult({
+          deviceId: this.opts.deviceId,
+          labels: classifier.labels,
+          probabilities: out.probabilities[i]!,
+          model: classifier.info,
+          input: buildInput(job.name, hash, capture.kind, capture.meta, frame, this.opts.privacy),
+          timings: {
+            queue: queuedMs,
+            read: t1 - t0,
+            decode: t2 - t1,
+            preprocess: out.preprocessMs,
+            infer: out.inferMs,
+            total: t3 - t0,
+          },
+        });
+        return { resultId: result.resultId, topic: this.opts.topics.result, payload: JSON.stringify(result) };
+      });
+      this.store.journal.complete(hash, messages);
+      this.stats.processed++;
+      this.events.onOutbox?.();
+      for (const m of messages) this.events.onResult?.(m.resultId!, job);
+      log.debug({ results: messages.length, ms: Math.round(t3 - t0) }, 'classified');
+      return false;
+    } catch (err) {
+      try {
+        if (err instanceof InputError) {
+          await this.quarantine(job, err.code, err.message, err.code === 'missing' ? 'ingest' : 'decode');
+          return false;
+        }
+        const message = err instanceof Error ? err.message : String(err);
+        if (attempts >= this.opts.maxAttempts) {
+          await this.quarantine(job, 'processing-failed', `failed ${attempts} times, last: ${message}`, 'pipeline');
+          return false;
+        }
+        log.warn({ err: message, attempts }, 'processing failed; will retry');
+        await new Promise((r) => setTimeout(r, 200 * attempts));
+        return true;
+      } catch (inner) {
+        // e.g. the state disk is full: the job stays unfinished in the journal and resumes at next start.
+        log.error({ err: inner }, 'could not record the failure of a job');
+        return false;
+      }
+    }
+  }
+
+  /** Marks the job failed, publishes an error report and moves the file to quarantine/ with a sidecar. */
+  private async quarantine(job: Job, code: string, reason: string, stage: string): Promise<void> {
+    const report: ErrorReport = {
+      deviceId: this.opts.deviceId,
+      code,
+      message: reason,
+      stage,
+      input: { fileName: path.posix.basename(job.name), contentHash: `sha256:${job.hash}` },
+      createdAt: new Date().toISOString(),
+    };
+    this.store.journal.fail(job.hash, code, reason, { resultId: null, topic: this.opts.topics.error, payload: JSON.stringify(report) });
+    this.stats.failed++;
+    this.events.onOutbox?.();
+    this.log.warn({ file: job.name, code, reason }, 'file quarantined');
+    const failed = this.store.journal.get(job.hash);
+    if (failed) {
+      this.events.onFailure?.(code, failed);
+      await this.finalize(failed);
+    }
+  }
+
+  /** Takes a finished job's file out of the inbox: done/ (or deleted) when published, quarantine/ when failed. */
+  async finalize(job: Job): Promise<void> {
+    if (job.finalized) return;
+    try {
+      if (job.state === 'failed') {
+        const exists = await stat(job.path).then(
+          (s) => s.isFile(),
+          () => false,
+        );
+        let dest: string | null = null;
+        if (exists && isInside(job.path, this.opts.inbox)) {
+          dest = await moveUnique(job.path, path.join(this.opts.quarantineDir, job.name), job.hash);
+        }
+        const sidecar = {
+          file: dest ? path.basename(dest) : null,
+          originalName: job.name,
+          contentHash: `sha256:${job.hash}`,
+          code: job.errorCode,
+          reason: job.error,
+          attempts: job.attempts,
+          quarantinedAt: new Date().toISOString(),
+        };
+        const sidecarPath = (dest ?? path.join(this.opts.quarantineDir, `${job.hash.slice(0, 16)}-${path.basename(job.name)}`)) + '.json';
+        await mkdir(path.dirname(sidecarPath), { recursive: true });
+        await writeFile(sidecarPath, JSON.stringify(sidecar, null, 2) + '\n');
+        this.store.journal.markFinalized(job.hash, dest);
+      } else if (job.state === 'published') {
+        let dest: string | null = null;
+        if (isInside(job.path, this.opts.inbox)) {
+          if (this.opts.afterPublish === 'delete') {
+            await unlink(job.path).catch((err: NodeJS.ErrnoException) => {
+              if (err.code !== 'ENOENT') throw err;
+            });
+          } else {
+            dest = await moveUnique(job.path, path.join(this.opts.doneDir, job.name), job.hash).catch((err: NodeJS.ErrnoException) => {
+              if (err.code === 'ENOENT') return null; // already moved (e.g. by a run that crashed after the move)
+              throw err;
+            });
+          }
+        }
+        this.store.journal.markFinalized(job.hash, dest);
+      }
+    } catch (err) {
+      this.log.error({ err, file: job.name }, 'could not move the finished file out of the inbox; will retry at next start');
+    } finally {
+      this.pathsInFlight.delete(job.path);
+    }
+  }
+
+  /** Stops taking jobs and waits for the running ones to finish (queued ones stay in the journal). */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    this.queue.length = 0;
+    if (this.running > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /** Resolves when nothing is queued or running (tests, benches). */
+  async idle(): Promise<void> {
+    if (this.running === 0 && this.queue.length === 0 && this.hashing.size === 0) return;
+    await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+  }
+}
+
+export async function hashFile(file: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+function isInside(child: string, parent: string): boolean {
+  const rel = path.relative(parent, child);
+  return rel !== '' && !rel.startsWith('..') && !path.isAbsolute(rel);
+}
+
+/** Moves a file, keeping its relative name; adds a hash suffix on a name clash; copies across devices. */
+async function moveUnique(from: string, to: string, hash: string): Promise<string> {
+  await mkdir(path.dirname(to), { recursive: true });
+  let dest = to;
+  const exists = await stat(dest).then(
+    () => true,
+    () => false,
+  );
+  if (exists) {
+    const ext = path.extname(to);
+    dest = `${to.slice(0, to.length - ext.length)}.${hash.slice(0, 12)}${ext}`;
+  }
+  try {
+    await rename(from, dest);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
+    await copyFile(from, dest);
+    await unlink(from);
+  }
+  return dest;
+}
