@@ -499,7 +499,7 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     this.cursor = 0;
     for (const t of this.retryTimers) clearTimeout(t);
     this.retryTimers.clear();
-    const reason = this.pendingReason ?? 'connection closed';
+    const reason = this.pendingReason ?? 'connection closed by the broker or the network';
     this.pendingReason = null;
     if (this.isConnected) {
       this.isConnected = false;
@@ -524,9 +524,9 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
       const hint = AUTH_REFUSAL_CODES.has(code) ? ' (check the MQTT username, password or client certificate)' : '';
       linkErr = new MqttLinkError(`MQTT broker ${url} refused the connection: ${err.message.replace(/^Connection refused: /, '')} (reason code ${code})${hint}`, 'refused', code, { cause: err });
     } else if (isTlsError(code, err.message)) {
-      linkErr = new MqttLinkError(`TLS with MQTT broker ${url} failed: ${err.message}${code !== undefined ? ` (${code})` : ''}`, 'tls', code, { cause: err });
+      linkErr = new MqttLinkError(`TLS with MQTT broker ${url} failed: ${err.message.trim()}${code !== undefined ? ` (${code})` : ''}`, 'tls', code, { cause: err });
     } else if (typeof code === 'string') {
-      linkErr = new MqttLinkError(`MQTT broker ${url} unreachable: ${err.message}`, 'network', code, { cause: err });
+      linkErr = new MqttLinkError(`MQTT connection to ${url} failed: ${err.message}`, 'network', code, { cause: err });
     } else {
       linkErr = new MqttLinkError(`MQTT connection to ${url}: ${err.message}`, 'protocol', code, { cause: err });
     }
