@@ -66,6 +66,12 @@ export interface CaptureMeta {
   numberOfFrames: number;
   photometric?: string;
   bitsStored?: number;
+  /**
+   * Identifying header values (patient name, patient ID, accession number), read only so the
+   * pipeline can scrub them from anything published (e.g. a file named after the patient).
+   * Never published or logged.
+   */
+  identifiers?: string[];
 }
 
 export interface DecodedCapture {
