@@ -189,7 +189,8 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
   private pendingReason: string | null = null;
   private lastLoggedError: string | null = null;
 
-  private onlinePayload: StatePayload | null = null;
+  /** The state the agent declared (online()/offline()); republished after every connect. */
+  private declaredState: StatePayload | null = null;
 
   private readonly maxBufferedErrors: number;
   private bufferedErrors: string[] = [];
@@ -306,18 +307,19 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
   }
 
   /**
-   * Declares the agent online: publishes the retained online state now (if connected) and after every
-   * reconnect. Resolves when the broker acknowledged it, or at once when offline.
+   * Declares the agent online: publishes the retained online state now (if connected) and again after
+   * every reconnect. Resolves when the broker acknowledged it, or at once when offline (it goes out on
+   * connect). Never rejects: a lost connection is handled by the republish.
    */
   online(extra: Record<string, unknown> = {}): Promise<void> {
-    this.onlinePayload = { ...extra, state: 'online' };
-    return this.publishState(this.onlinePayload);
+    this.declaredState = { ...extra, state: 'online' };
+    return this.publishState(this.declaredState);
   }
 
-  /** Declares the agent offline (retained), e.g. while no model can serve. Stops the republishing. */
+  /** Declares the agent offline (retained), e.g. while no model can serve; also republished on connect. */
   offline(extra: Record<string, unknown> = {}): Promise<void> {
-    this.onlinePayload = null;
-    return this.publishState({ ...extra, state: 'offline' });
+    this.declaredState = { ...extra, state: 'offline' };
+    return this.publishState(this.declaredState);
   }
 
   /** Publishes an error (QoS 1, not retained). Offline: kept in a small bounded buffer, oldest dropped. */
@@ -344,9 +346,14 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     this.bufferedErrors.push(text);
   }
 
-  /** Publishes the retained health snapshot (QoS 1). Dropped when offline: the next one replaces it. */
+  /**
+   * Publishes the retained health snapshot (QoS 1). Dropped when offline: the next one replaces it.
+   * Never rejects (a failure is logged).
+   */
   publishHealth(payload: object): Promise<void> {
-    return this.publishIfConnected(this.topics.health, JSON.stringify(payload), true);
+    return this.publishIfConnected(this.topics.health, JSON.stringify(payload), true).catch((err: unknown) => {
+      this.log.warn({ err }, 'health not published');
+    });
   }
 
   /**
@@ -421,19 +428,24 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
   async close(timeoutMs = 5000): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.onlinePayload = null;
+    this.declaredState = null;
     for (const t of this.retryTimers) clearTimeout(t);
     this.retryTimers.clear();
     const client = this.client;
     if (client !== undefined && this.isConnected) {
       const offline = this.publishState({ state: 'offline' });
       const timeout = new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref());
-      await Promise.race([offline.catch(() => undefined), timeout]);
+      await Promise.race([offline, timeout]);
     }
     if (client !== undefined) {
+      // MQTT.js's end() waits for every unacknowledged PUBLISH first. Outbox rows still in flight stay in
+      // the outbox (call flush() before close() to wait for them), so drop them and disconnect now.
+      this.generation++;
+      this.forgetClientPublishes(client);
       await new Promise<void>((resolve) => {
         const timer = setTimeout(() => {
-          client.end(true, () => resolve());
+          client.stream?.destroy();
+          resolve();
         }, timeoutMs);
         timer.unref();
         client.end(false, () => {
@@ -476,9 +488,7 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     this.log.info({ reconnect, sessionPresent: packet.sessionPresent, window: this.window }, 'connected to MQTT broker');
     for (const w of [...this.connectWaiters]) w.resolve();
     // Retained state first, then buffered errors, then the outbox from its oldest row.
-    if (this.onlinePayload !== null) {
-      this.publishState(this.onlinePayload).catch((err: unknown) => this.log.warn({ err }, 'republishing online state failed'));
-    }
+    if (this.declaredState !== null) void this.publishState(this.declaredState);
     const buffered = this.bufferedErrors;
     this.bufferedErrors = [];
     if (this.droppedErrors > 0) this.log.warn({ dropped: this.droppedErrors }, 'errors dropped while the broker was unreachable');
@@ -492,9 +502,7 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     // Make MQTT.js forget our unacknowledged PUBLISHes, so it does not resend them on the next CONNACK:
     // the outbox resends them itself, from the oldest unacknowledged row.
     this.generation++;
-    for (const [id, entry] of Object.entries(client.outgoing)) {
-      if (entry.cmd === 'publish') client.removeOutgoingMessage(Number(id));
-    }
+    this.forgetClientPublishes(client);
     this.inflight.clear();
     this.cursor = 0;
     for (const t of this.retryTimers) clearTimeout(t);
@@ -507,6 +515,13 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
       this.lastDisconnect = { at: new Date().toISOString(), reason };
       if (!this.closed) this.log.warn({ reason, unacked: this.unacked.size }, 'disconnected from MQTT broker');
       this.emit('disconnected', { reason });
+    }
+  }
+
+  /** Removes our unacknowledged PUBLISHes from MQTT.js's outgoing store (their callbacks are then stale). */
+  private forgetClientPublishes(client: MqttClient): void {
+    for (const [id, entry] of Object.entries(client.outgoing)) {
+      if (entry.cmd === 'publish') client.removeOutgoingMessage(Number(id));
     }
   }
 
@@ -544,7 +559,10 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
   }
 
   private publishState(payload: StatePayload): Promise<void> {
-    return this.publishIfConnected(this.topics.state, JSON.stringify(payload), true);
+    return this.publishIfConnected(this.topics.state, JSON.stringify(payload), true).catch((err: unknown) => {
+      // Connection lost before the PUBACK: the declared state goes out again on the next connect.
+      this.log.warn({ err, state: payload.state }, 'state not acknowledged by the broker');
+    });
   }
 
   private publishIfConnected(topic: string, payload: string | Buffer, retain: boolean, rejectOffline = false): Promise<void> {
@@ -593,6 +611,7 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
             this.scheduleRetry(() => this.pump());
             return;
           }
+          if (this.cursor === 0) this.forgetVanished(rows[0]?.seq);
           for (const row of rows) this.sendRow(row);
           if (rows.length < want) break;
         }
@@ -600,6 +619,14 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     } finally {
       this.pumping = false;
     }
+  }
+
+  /**
+   * On a fresh pass from the oldest row, anything handed out earlier that now sorts before the oldest row
+   * is no longer in the outbox (removed by its owner): stop waiting for it in flush().
+   */
+  private forgetVanished(oldest: number | undefined): void {
+    for (const seq of this.unacked) if (oldest === undefined || seq < oldest) this.unacked.delete(seq);
   }
 
   private sendRow(row: OutboxRow): void {

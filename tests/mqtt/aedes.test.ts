@@ -106,3 +106,42 @@ describe('resend after reconnect (aedes with held PUBACKs)', () => {
     expect(outbox.acks).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
   });
 });
+
+describe('close() with rows in flight', () => {
+  it('is bounded by its timeout when the broker stops answering, and leaves the unacknowledged rows in the outbox', async () => {
+    // aedes handles a client's packets one after another: holding the first result holds everything
+    // after it too (the offline state, the DISCONNECT), like a broker that hangs.
+    const broker = await Aedes.createBroker();
+    broker.authorizePublish = (_client, packet, cb) => {
+      if (packet.topic.endsWith('/result')) return; // never acknowledged
+      cb(null);
+    };
+    const sockets = new Set<net.Socket>();
+    const server = net.createServer((s) => {
+      sockets.add(s);
+      broker.handle(s);
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
+    const port = (server.address() as net.AddressInfo).port;
+    cleanups.push(async () => {
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await new Promise<void>((resolve) => broker.close(() => resolve()));
+    });
+
+    const outbox = new MemoryOutbox();
+    for (let i = 0; i < 5; i++) outbox.add('imaging/y/result', (seq) => JSON.stringify({ seq }));
+    const link = new MqttLink({ url: `mqtt://127.0.0.1:${port}`, deviceId: 'y', protocolVersion: 4, logger: testLogger() });
+    link.attachOutbox(outbox, { window: 4 });
+    link.start();
+    await link.waitForConnection(5000);
+    await until(() => link.status().outbox.inflight === 4, 5000, 'rows in flight');
+    expect(await link.flush(100)).toBe(4);
+    const t0 = Date.now();
+    await link.close(300);
+    expect(Date.now() - t0).toBeLessThan(1500);
+    expect(link.connected).toBe(false);
+    expect(outbox.rows).toHaveLength(5);
+    expect(outbox.acks).toEqual([]);
+  });
+});
