@@ -285,6 +285,7 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
    */
   waitForConnection(timeoutMs: number): Promise<void> {
     if (this.isConnected) return Promise.resolve();
+    if (this.closed) return Promise.reject(new MqttLinkError('MQTT link is closed', 'network'));
     return new Promise<void>((resolve, reject) => {
       const waiter = {
         resolve: () => {

@@ -110,11 +110,16 @@ describe.skipIf(skipWithoutMosquitto)('outbox delivery through mosquitto', () =>
     }, 5);
     cleanups.push(() => Promise.resolve(clearInterval(producer)));
 
-    for (const threshold of [150, 450, 750]) {
+    for (const [threshold, crash] of [[150, false], [450, false], [750, true]] as const) {
       await until(() => outbox.acks.length >= threshold, 20_000, `${threshold} acks`);
       proxy.gateOpen = false;
       const subs = sub.subscriptions;
-      await mosq.restart();
+      if (crash) {
+        await mosq.kill(); // SIGKILL: the broker dies without closing anything cleanly
+        await mosq.start();
+      } else {
+        await mosq.restart();
+      }
       await until(() => sub.subscriptions > subs, 10_000, 'subscriber back');
       proxy.gateOpen = true;
     }
