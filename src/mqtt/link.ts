@@ -613,8 +613,9 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
             return;
           }
           if (this.cursor === 0) this.forgetVanished(rows[0]?.seq);
-          for (const row of rows) this.sendRow(row);
-          if (rows.length < want) break;
+          let sent = 0;
+          for (const row of rows) if (this.sendRow(row)) sent++;
+          if (rows.length < want || sent === 0) break;
         }
       } while (this.pumpAgain && this.isConnected);
     } finally {
@@ -630,13 +631,18 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     for (const seq of this.unacked) if (oldest === undefined || seq < oldest) this.unacked.delete(seq);
   }
 
-  private sendRow(row: OutboxRow): void {
-    if (row.seq <= this.cursor) return; // a source must return ascending seq > afterSeq; be safe anyway
+  private sendRow(row: OutboxRow): boolean {
+    if (row.seq <= this.cursor) {
+      // A source must return ascending seq > afterSeq; sending this again would break the order.
+      this.log.error({ seq: row.seq, after: this.cursor }, 'outbox returned a row out of order; skipped');
+      return false;
+    }
     this.cursor = row.seq;
     this.inflight.set(row.seq, row);
     this.unacked.add(row.seq);
     if (row.seq > this.handedOutMax) this.handedOutMax = row.seq;
     this.publishRow(row);
+    return true;
   }
 
   private publishRow(row: OutboxRow): void {
