@@ -14,12 +14,16 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePort, waitForPort } from './ports.js';
 
-function detect(): boolean {
-  const r = spawnSync('mosquitto', ['-h'], { stdio: 'ignore' });
-  return r.error === undefined;
+/** `mosquitto` on PATH, else Debian's /usr/sbin one (not on a normal user's PATH), else null. */
+function detect(): string | null {
+  for (const bin of ['mosquitto', '/usr/sbin/mosquitto']) {
+    if (spawnSync(bin, ['-h'], { stdio: 'ignore' }).error === undefined) return bin;
+  }
+  return null;
 }
 
-export const mosquittoAvailable: boolean = detect();
+export const mosquittoBinary: string | null = detect();
+export const mosquittoAvailable: boolean = mosquittoBinary !== null;
 /** True only when the binary is missing and we are not in CI (where a missing peer must fail). */
 export const skipWithoutMosquitto: boolean = !mosquittoAvailable && process.env.CI !== 'true';
 
@@ -53,9 +57,10 @@ export interface Mosquitto {
 }
 
 export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosquitto> {
-  if (!mosquittoAvailable) {
+  if (mosquittoBinary === null) {
     throw new Error('mosquitto binary not found (apt-get install mosquitto mosquitto-clients)' + (process.env.CI === 'true' ? '; CI=true: a missing peer is a failure' : ''));
   }
+  const bin = mosquittoBinary;
   const dir = mkdtempSync(join(tmpdir(), 'mosq-'));
   let port = opts.port ?? (await freePort());
   const confPath = join(dir, 'mosquitto.conf');
@@ -85,7 +90,7 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
   const launch = async (): Promise<void> => {
     writeConf();
     exitInfo = null;
-    const proc = spawn('mosquitto', ['-c', confPath], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const proc = spawn(bin, ['-c', confPath], { stdio: ['ignore', 'pipe', 'pipe'] });
     child = proc;
     const onData = (b: Buffer): void => {
       log = (log + b.toString()).slice(-8000);
