@@ -11,7 +11,7 @@ import type * as DicomParserNs from 'dicom-parser';
 import type { DataSet, Element } from 'dicom-parser';
 import { CaptureMeta, DecodeError, RawFrame } from './types.js';
 import { decodeRleFrame } from './rle.js';
-import { decodeJpegSequential, peekJpegFrame } from './jpeg12.js';
+import { decodeJpegSequential, jpegColourMarkers, peekJpegFrame, withAdobeNoTransform } from './jpeg12.js';
 import {
   CodecOutput,
   decodeHTJ2K,
@@ -472,9 +472,19 @@ function decodeEncapsulated(ts: string, encoded: Uint8Array, px: PixelModule): {
       const frame = peekJpegFrame(encoded);
       if (!frame) throw new DecodeError('corrupt', 'JPEG frame has no SOI/SOF marker');
       if (frame.precision === 8 && (frame.sof === 0xc0 || frame.sof === 0xc1)) {
+        let stream = encoded;
+        if (px.samplesPerPixel === 3 && px.photometric === 'RGB') {
+          // libjpeg treats a 3-component JPEG with neither JFIF nor Adobe marker (and component IDs other
+          // than 'R','G','B') as YCbCr. When DICOM says RGB in that ambiguous case, the data was stored
+          // without colour transform (PS3.5 8.2.1): say so with an Adobe marker. A JFIF marker, or chroma
+          // subsampling (never used on RGB; gdcm writes such YCbCr streams labelled RGB), still means YCbCr.
+          const m = jpegColourMarkers(encoded);
+          const rgbIds = m.componentIds.join(',') === '82,71,66';
+          if (!m.jfif && m.adobeTransform === undefined && !rgbIds && !m.subsampled) stream = withAdobeNoTransform(encoded);
+        }
         let out: CodecOutput;
         try {
-          out = decodeJpegBaseline8(encoded);
+          out = decodeJpegBaseline8(stream);
         } catch (e) {
           throw corruptCodec('libjpeg-turbo', e);
         }
@@ -482,7 +492,7 @@ function decodeEncapsulated(ts: string, encoded: Uint8Array, px: PixelModule): {
         if (out.info.componentCount !== px.samplesPerPixel) {
           throw new DecodeError('corrupt', `JPEG has ${out.info.componentCount} components, header says ${px.samplesPerPixel}`);
         }
-        // libjpeg converts YCbCr to RGB itself for 3-component JPEG (JFIF/Adobe/default rules).
+        // libjpeg converts YCbCr to RGB itself (JFIF/Adobe/default rules): the output is RGB.
         if (px.samplesPerPixel === 3) photometric = 'RGB';
         return { data: codecToSamples(out, px, count), photometric };
       }

@@ -96,6 +96,61 @@ export function peekJpegFrame(data: Uint8Array): { sof: number; precision: numbe
   return undefined;
 }
 
+export interface JpegColourMarkers {
+  jfif: boolean;
+  /** Adobe APP14 transform flag (0 = none/RGB, 1 = YCbCr, 2 = YCCK), undefined when there is no APP14. */
+  adobeTransform?: number;
+  componentIds: number[];
+  /** Components differ in sampling factors (chroma subsampling: the data is certainly YCbCr). */
+  subsampled: boolean;
+}
+
+/** The markers libjpeg uses to decide whether a 3-component JPEG is YCbCr or RGB. */
+export function jpegColourMarkers(data: Uint8Array): JpegColourMarkers {
+  const out: JpegColourMarkers = { jfif: false, componentIds: [], subsampled: false };
+  let p = 2;
+  while (p + 4 <= data.length && data[p] === 0xff) {
+    const marker = data[p + 1]!;
+    if (marker === 0xff) {
+      p++;
+      continue;
+    }
+    const len = (data[p + 2]! << 8) | data[p + 3]!;
+    const body = p + 4;
+    if (marker === 0xe0 && data[body] === 0x4a && data[body + 1] === 0x46 && data[body + 2] === 0x49 && data[body + 3] === 0x46) {
+      out.jfif = true;
+    } else if (marker === 0xee && len >= 14 && data[body] === 0x41 && data[body + 1] === 0x64 && data[body + 2] === 0x6f) {
+      out.adobeTransform = data[body + 11];
+    } else if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
+      const nc = data[body + 5] ?? 0;
+      const sampling = new Set<number>();
+      for (let i = 0; i < nc; i++) {
+        out.componentIds.push(data[body + 6 + 3 * i] ?? 0);
+        sampling.add(data[body + 7 + 3 * i] ?? 0);
+      }
+      out.subsampled = sampling.size > 1;
+      break;
+    } else if (marker === 0xda) {
+      break;
+    }
+    p += 2 + len;
+  }
+  return out;
+}
+
+/**
+ * A copy of the stream with an Adobe APP14 (transform = 0) segment after SOI: tells libjpeg the three
+ * components are RGB and must not be colour-converted.
+ */
+export function withAdobeNoTransform(data: Uint8Array): Uint8Array {
+  const app14 = [0xff, 0xee, 0x00, 0x0e, 0x41, 0x64, 0x6f, 0x62, 0x65, 0x00, 0x64, 0x00, 0x00, 0x00, 0x00, 0x00];
+  const out = new Uint8Array(data.length + app14.length);
+  out.set(data.subarray(0, 2), 0);
+  out.set(app14, 2);
+  out.set(data.subarray(2), 2 + app14.length);
+  return out;
+}
+
 export function decodeJpegSequential(data: Uint8Array): JpegDecoded {
   let pos = 0;
   const u16 = (): number => {

@@ -152,6 +152,13 @@ describe('display values', () => {
     }
   });
 
+  it('a YCbCr JPEG mislabelled RGB (gdcm, chroma subsampled, no JFIF) still shows the right colours', async () => {
+    // dcmtk's dcmdjpeg trusts the RGB label here and shows luma as red; the subsampling proves it is YCbCr.
+    const rgb = await firstFrame('pydicom_SC_rgb_rle.dcm');
+    const f = await firstFrame('pydicom_SC_rgb_jpeg_lossy_gdcm.dcm');
+    expect(diffStats(rgb.data, f.data).mean).toBeLessThan(0.02);
+  });
+
   it('RGB with planar configuration 1 (big-endian US) equals its interleaved re-encoding', async () => {
     const be = await firstFrame('pydicom_ExplVR_BigEnd.dcm');
     const le = await firstFrame('derived_US_rgb_le.dcm');

@@ -37,6 +37,9 @@ const CASES: Case[] = [
   { file: 'derived_MR_small_nometa.dcm', ts: '1.2.840.10008.1.2', modality: 'MR', exact: true },
   { file: 'pydicom_SC_ybr_full_422_uncompressed.dcm', ts: '1.2.840.10008.1.2.1', modality: 'OT', exact: true },
   { file: 'pydicom_rtdose.dcm', ts: '1.2.840.10008.1.2', modality: 'RTDOSE', exact: true },
+  // 32-bit big endian: dcmtk's dcmconv swaps this OW pixel data in 16-bit words (wrong for 32-bit samples),
+  // so pydicom reading the file itself is the reference.
+  { file: 'pydicom_rtdose_expb.dcm', ts: '1.2.840.10008.1.2.2', modality: 'RTDOSE', exact: true, source: 'pydicom_rtdose_expb.dcm' },
   { file: 'pydicom_liver_1frame.dcm', ts: '1.2.840.10008.1.2.1', modality: 'SEG', exact: true },
   { file: 'derived_OT_palette16.dcm', ts: '1.2.840.10008.1.2.1', modality: 'OT', exact: true },
   // RLE
@@ -75,6 +78,8 @@ const CASES: Case[] = [
   { file: 'pydicom_SC_rgb_dcmtk_+eb+cr.dcm', ts: '1.2.840.10008.1.2.4.50', modality: 'OT', exact: false, maxAbs: 2, meanAbs: 0.2, why: IDCT },
   { file: 'pydicom_SC_rgb_dcmtk_+eb+cy+n1.dcm', ts: '1.2.840.10008.1.2.4.50', modality: 'OT', exact: false, maxAbs: 2, meanAbs: 0.2, why: `${IDCT}; YCbCr->RGB in the codec` },
   { file: 'pydicom_SC_rgb_dcmtk_+eb+cy+np.dcm', ts: '1.2.840.10008.1.2.4.50', modality: 'OT', exact: false, maxAbs: 2, meanAbs: 0.2, why: `${IDCT}; 4:2:2 chroma upsampling` },
+  // RGB stored without colour transform, no JFIF/Adobe marker: must not be YCbCr-converted
+  { file: 'pydicom_SC_jpeg_no_color_transform.dcm', ts: '1.2.840.10008.1.2.4.50', modality: 'OT', exact: false, maxAbs: 2, meanAbs: 0.2, why: IDCT },
   { file: 'pydicom_JPGExtended.dcm', ts: '1.2.840.10008.1.2.4.51', modality: 'NM', exact: false, maxAbs: 1, meanAbs: 0.05, why: `${IDCT} (12-bit, our exact float IDCT vs IJG islow)` },
   { file: 'derived_MR12_jpeg_ext12.dcm', ts: '1.2.840.10008.1.2.4.51', modality: 'MR', exact: false, maxAbs: 1, meanAbs: 0.05, why: `${IDCT} (12-bit)` },
   // HTJ2K (reference: the native pixels the codestream was encoded from)
