@@ -163,7 +163,7 @@ function runWasm(lib: { get(): unknown; reset(): void }, make: () => WasmDecoder
     return { info: { ...info }, bytes, interleaveMode };
   } catch (e) {
     if (e instanceof WA.RuntimeError) lib.reset();
-    throw e instanceof Error ? e : new Error(typeof e === 'number' ? `codec threw native exception ${e}` : String(e));
+    throw e instanceof Error ? e : new Error(typeof e === 'number' ? 'the codec rejected the stream (native exception)' : String(e));
   } finally {
     try {
       decoder?.delete();

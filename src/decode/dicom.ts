@@ -11,7 +11,7 @@ import type * as DicomParserNs from 'dicom-parser';
 import type { DataSet, Element } from 'dicom-parser';
 import { CaptureMeta, DecodeError, RawFrame } from './types.js';
 import { decodeRleFrame } from './rle.js';
-import { decodeJpegSequential, jpegColourMarkers, peekJpegFrame, withAdobeNoTransform } from './jpeg12.js';
+import { decodeJpegSequential, jpegColourMarkers, peekJ2kSize, peekJpegFrame, withAdobeNoTransform } from './jpeg12.js';
 import {
   CodecOutput,
   decodeHTJ2K,
@@ -471,6 +471,8 @@ function decodeEncapsulated(ts: string, encoded: Uint8Array, px: PixelModule): {
     case TS.jpegExtended: {
       const frame = peekJpegFrame(encoded);
       if (!frame) throw new DecodeError('corrupt', 'JPEG frame has no SOI/SOF marker');
+      // Check the stream's size before a codec allocates for it.
+      checkDims('JPEG', frame.width, frame.height, px);
       if (frame.precision === 8 && (frame.sof === 0xc0 || frame.sof === 0xc1)) {
         let stream = encoded;
         if (px.samplesPerPixel === 3 && px.photometric === 'RGB') {
@@ -510,6 +512,10 @@ function decodeEncapsulated(ts: string, encoded: Uint8Array, px: PixelModule): {
     }
     case TS.jpegLossless:
     case TS.jpegLosslessSV1: {
+      const frame = peekJpegFrame(encoded);
+      if (!frame) throw new DecodeError('corrupt', 'JPEG lossless frame has no SOI/SOF marker');
+      if (frame.sof !== 0xc3) throw new DecodeError('corrupt', `JPEG lossless transfer syntax holds a SOF${frame.sof - 0xc0} (not lossless) stream`);
+      checkDims('JPEG lossless', frame.width, frame.height, px);
       let dec;
       try {
         dec = decodeJpegLossless(encoded, px.bitsAllocated <= 8 ? 1 : 2);
@@ -532,6 +538,10 @@ function decodeEncapsulated(ts: string, encoded: Uint8Array, px: PixelModule): {
       const isLs = ts === TS.jpegLsLossless || ts === TS.jpegLsNear;
       const isHt = ts === TS.htj2kLossless || ts === TS.htj2kRpclLossless || ts === TS.htj2k;
       const name = isLs ? 'JPEG-LS' : isHt ? 'HTJ2K' : 'JPEG 2000';
+      // Check the stream's declared size before the codec allocates for it.
+      const declared = isLs ? peekJpegFrame(encoded) : peekJ2kSize(encoded);
+      if (!declared) throw new DecodeError('corrupt', `${name} frame has no readable ${isLs ? 'SOF55' : 'SIZ'} header`);
+      checkDims(name, declared.width, declared.height, px);
       let out: CodecOutput;
       try {
         out = isLs ? decodeJpegLS(encoded) : isHt ? decodeHTJ2K(encoded) : decodeJ2K(encoded);

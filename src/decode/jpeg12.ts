@@ -76,8 +76,8 @@ export interface JpegDecoded {
   data: Uint16Array;
 }
 
-/** Reads the frame header only: precision and size. Returns undefined when no SOF is found. */
-export function peekJpegFrame(data: Uint8Array): { sof: number; precision: number } | undefined {
+/** Reads the frame header only (JPEG and JPEG-LS SOFn). Returns undefined when no SOF is found. */
+export function peekJpegFrame(data: Uint8Array): { sof: number; precision: number; width: number; height: number } | undefined {
   let p = 2;
   if (data[0] !== 0xff || data[1] !== 0xd8) return undefined;
   while (p + 4 <= data.length) {
@@ -88,8 +88,13 @@ export function peekJpegFrame(data: Uint8Array): { sof: number; precision: numbe
       continue;
     }
     const len = (data[p + 2]! << 8) | data[p + 3]!;
-    if (marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) {
-      return { sof: marker, precision: data[p + 4] ?? 0 };
+    if ((marker >= 0xc0 && marker <= 0xcf && marker !== 0xc4 && marker !== 0xc8 && marker !== 0xcc) || marker === 0xf7) {
+      return {
+        sof: marker,
+        precision: data[p + 4] ?? 0,
+        height: ((data[p + 5] ?? 0) << 8) | (data[p + 6] ?? 0),
+        width: ((data[p + 7] ?? 0) << 8) | (data[p + 8] ?? 0),
+      };
     }
     p += 2 + len;
   }
@@ -468,4 +473,21 @@ function decodeScan(
     while (pos < data.length && !(data[pos] === 0xff && data[pos + 1] !== 0 && data[pos + 1] !== undefined && !(data[pos + 1]! >= 0xd0 && data[pos + 1]! <= 0xd7))) pos++;
   }
   return pos;
+}
+
+/** Image size from a JPEG 2000 / HTJ2K codestream's SIZ segment (raw codestream or JP2 wrapper). */
+export function peekJ2kSize(data: Uint8Array): { width: number; height: number } | undefined {
+  // find SIZ (FF51), which follows SOC (FF4F) in a raw codestream; in JP2 it sits inside the jp2c box
+  const limit = Math.min(data.length - 20, 4096);
+  for (let p = 0; p < limit; p++) {
+    if (data[p] === 0xff && data[p + 1] === 0x51 && (p < 2 || (data[p - 2] === 0xff && data[p - 1] === 0x4f))) {
+      const u32 = (o: number): number => ((data[o]! << 24) | (data[o + 1]! << 16) | (data[o + 2]! << 8) | data[o + 3]!) >>> 0;
+      const xsiz = u32(p + 6);
+      const ysiz = u32(p + 10);
+      const xo = u32(p + 14);
+      const yo = u32(p + 18);
+      return { width: xsiz - xo, height: ysiz - yo };
+    }
+  }
+  return undefined;
 }

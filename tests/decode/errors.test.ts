@@ -168,6 +168,28 @@ describe('bad input gives the right DecodeError', () => {
     expect((await codeOf(decodeBuffer(j2k, opts))).code).toBe('corrupt');
   });
 
+  it('a codestream that claims a huge image is refused before any codec allocates for it', async () => {
+    for (const name of ['derived_CT_small_j2k_lossless.dcm', 'derived_CT_small_htj2k_lossless.dcm', 'derived_CT_small_jls_lossless.dcm', 'derived_CT_small_jpegll_sv1.dcm']) {
+      const buf = Buffer.from(readDicom(name));
+      let p = buf.indexOf(Buffer.from([0xff, 0x51])); // J2K SIZ: Xsiz at +6, Ysiz at +10
+      if (p > 0) {
+        buf.writeUInt32BE(60000, p + 6);
+        buf.writeUInt32BE(60000, p + 10);
+      }
+      for (const sof of [0xf7, 0xc3]) {
+        p = buf.indexOf(Buffer.from([0xff, sof])); // JPEG-LS SOF55 / lossless SOF3: height +5, width +7
+        if (p > 0) {
+          buf.writeUInt16BE(65000, p + 5);
+          buf.writeUInt16BE(65000, p + 7);
+        }
+      }
+      const r = await codeOf(decodeBuffer(new Uint8Array(buf), opts));
+      expect(r.code, name).toBe('corrupt');
+      expect(r.message).toMatch(/(60000x60000|65000x65000), the header says 128x128/);
+      expect((await decodeBuffer(readDicom(name), opts)).frames.length).toBe(1);
+    }
+  });
+
   it('a deliberately broken pydicom file (SC_rgb_jpeg.dcm) and a truncated JPEG photo fail cleanly', async () => {
     expect(['truncated', 'corrupt']).toContain((await codeOf(decodeFile(dicomPath('pydicom_SC_rgb_jpeg.dcm'), opts))).code);
     expect(['truncated', 'corrupt']).toContain((await codeOf(decodeFile(imagePath('skimage_truncated.jpg'), opts))).code);
