@@ -75,6 +75,8 @@ export interface DisplayAttributes {
   windowCenter?: number;
   windowWidth?: number;
   voiLutFunction: string;
+  /** First item of the VOI LUT Sequence (0028,3010): output normalised to [0, 1]. */
+  voiLut?: { data: Float32Array; firstMapped: number };
   palette?: { red: Float32Array; green: Float32Array; blue: Float32Array; firstMapped: number };
 }
 
@@ -102,9 +104,9 @@ export function sniffDicom(bytes: Uint8Array): 'part10' | 'explicitLE' | 'implic
   if (g0 === 0x0008) {
     if (explicit) return 'explicitLE';
     // implicit: a 32-bit length that fits the buffer
-    const len = bytes[4]! | (bytes[5]! << 8) | (bytes[6]! << 16) | (bytes[7]! << 24);
+    const len = (bytes[4]! | (bytes[5]! << 8) | (bytes[6]! << 16) | (bytes[7]! << 24)) >>> 0;
     const elem = bytes[2]! | (bytes[3]! << 8);
-    if (len >= 0 && len < bytes.length && elem < 0x1000) return 'implicitLE';
+    if (len < bytes.length && elem < 0x1000) return 'implicitLE';
   }
   if (gBE === 0x0008 && explicit) return 'explicitBE';
   return undefined;
@@ -253,6 +255,32 @@ function readPalette(ds: DataSet, pr: 0 | 1): DisplayAttributes['palette'] {
   return { red: r.lut, green: g.lut, blue: b.lut, firstMapped: r.first };
 }
 
+/** VOI LUT Sequence, first item (PS3.3 C.11.2): descriptor [entries, first mapped, bits] + LUT data. */
+function readVoiLut(ds: DataSet, px: PixelModule, display: { rescaleIntercept: number }): DisplayAttributes['voiLut'] {
+  const item = ds.elements.x00283010?.items?.[0]?.dataSet;
+  if (!item) return undefined;
+  const desc = item.elements.x00283002;
+  const data = item.elements.x00283006;
+  if (!desc || desc.length < 6 || !data || data.length === 0) return undefined;
+  if (data.dataOffset + data.length > item.byteArray.length) throw new DecodeError('truncated', 'VOI LUT data runs past the end of the file');
+  const entries = item.uint16('x00283002', 0) || 65536;
+  // First mapped value: US or SS. Modality values can be negative when the pixels are signed or rescaled
+  // below zero, and then it is read as SS (PS3.3 C.11.2.1.1).
+  const signed = desc.vr === 'SS' || px.pixelRepresentation === 1 || display.rescaleIntercept < 0;
+  const firstMapped = signed ? item.int16('x00283002', 1)! : item.uint16('x00283002', 1)!;
+  const bits = Math.min(16, Math.max(1, item.uint16('x00283002', 2) ?? 16));
+  const lut = new Float32Array(entries);
+  const scale = 1 / ((2 ** bits) - 1);
+  if (data.length >= entries * 2) {
+    for (let i = 0; i < entries; i++) lut[i] = Math.min(1, item.uint16('x00283006', i)! * scale);
+  } else if (data.length >= entries) {
+    for (let i = 0; i < entries; i++) lut[i] = Math.min(1, item.byteArray[data.dataOffset + i]! * scale);
+  } else {
+    throw new DecodeError('corrupt', `VOI LUT has ${data.length} bytes of data for ${entries} entries`);
+  }
+  return { data: lut, firstMapped };
+}
+
 function readDisplay(ds: DataSet, px: PixelModule): DisplayAttributes {
   const slope = num(ds, 'x00281053');
   const intercept = num(ds, 'x00281052');
@@ -268,6 +296,7 @@ function readDisplay(ds: DataSet, px: PixelModule): DisplayAttributes {
     display.windowWidth = ww;
   }
   if (px.photometric === 'PALETTE COLOR') display.palette = readPalette(ds, px.pixelRepresentation);
+  display.voiLut = readVoiLut(ds, px, display);
   return display;
 }
 

@@ -11,11 +11,17 @@ import type { DisplayAttributes } from './dicom.js';
 export interface VoiChoice {
   center: number;
   width: number;
-  fn: 'LINEAR' | 'LINEAR_EXACT' | 'SIGMOID';
+  fn: 'LINEAR' | 'LINEAR_EXACT' | 'SIGMOID' | 'LUT';
   source: 'file' | 'config';
+  /** fn 'LUT': the file's VOI LUT (values already in [0, 1]) and its first mapped input value. */
+  lut?: Float32Array;
+  firstMapped?: number;
 }
 
-/** File window (when preferred and present), else the configured window for the modality, else none (min-max). */
+/**
+ * The file's VOI (window first, then VOI LUT Sequence) when preferred and present, else the configured
+ * window for the modality, else none (min-max).
+ */
 export function chooseWindow(display: DisplayAttributes, modality: string, opts: DecodeOptions): VoiChoice | undefined {
   const fn = display.voiLutFunction === 'SIGMOID' ? 'SIGMOID' : display.voiLutFunction === 'LINEAR_EXACT' ? 'LINEAR_EXACT' : 'LINEAR';
   if (opts.preferFileWindow && display.windowCenter !== undefined && display.windowWidth !== undefined) {
@@ -23,6 +29,9 @@ export function chooseWindow(display: DisplayAttributes, modality: string, opts:
     if (fn !== 'LINEAR' || display.windowWidth >= 1) {
       return { center: display.windowCenter, width: display.windowWidth, fn, source: 'file' };
     }
+  }
+  if (opts.preferFileWindow && display.voiLut) {
+    return { center: 0, width: 1, fn: 'LUT', source: 'file', lut: display.voiLut.data, firstMapped: display.voiLut.firstMapped };
   }
   const cfg: WindowSpec | undefined = opts.windowByModality[modality];
   if (cfg && Number.isFinite(cfg.center) && Number.isFinite(cfg.width) && cfg.width >= 1) {
@@ -36,6 +45,12 @@ function voi(x: number, w: VoiChoice | undefined, lo: number, span: number): num
   let y: number;
   if (!w) {
     y = span > 0 ? (x - lo) / span : 0;
+  } else if (w.fn === 'LUT') {
+    const lut = w.lut!;
+    let k = Math.round(x) - w.firstMapped!;
+    if (k < 0) k = 0;
+    else if (k >= lut.length) k = lut.length - 1;
+    y = lut[k]!;
   } else if (w.fn === 'LINEAR') {
     const c = w.center - 0.5;
     const half = (w.width - 1) / 2;

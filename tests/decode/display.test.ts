@@ -115,6 +115,20 @@ describe('display values', () => {
     expect(minmax.data[raw.data.indexOf(hi)]).toBe(1);
   });
 
+  it('a VOI LUT Sequence in the file (as CR/DX/MG carry) maps modality values through its table', async () => {
+    // derived_CT_small_voilut.dcm: 2048 entries from -1024 HU, 12-bit, y = sqrt((HU + 1024) / 2047)
+    const f = await firstFrame('derived_CT_small_voilut.dcm', opts({ preferFileWindow: true }));
+    const raw = decodeDicomRaw(readDicom('derived_CT_small_voilut.dcm')).rawFrame(0);
+    for (let i = 0; i < raw.data.length; i += 5) {
+      const hu = raw.data[i]! - 1024;
+      const k = Math.min(2047, Math.max(0, hu + 1024));
+      expect(f.data[i]).toBeCloseTo(Math.round(Math.sqrt(k / 2047) * 4095) / 4095, 5);
+    }
+    // not preferred: the configured CT window applies instead
+    const cfg = await firstFrame('derived_CT_small_voilut.dcm', opts({ preferFileWindow: false }));
+    expect(cfg.data[0]).toBeCloseTo(linearWindow(raw.data[0]! - 1024, 40, 400), 5);
+  });
+
   it('PALETTE COLOR is mapped through the LUT to RGB (16-bit and 8-bit LUT entries)', async () => {
     const raw = decodeDicomRaw(readDicom('derived_OT_palette16.dcm')).rawFrame(0);
     expect(raw.photometric).toBe('PALETTE COLOR');
@@ -250,6 +264,17 @@ describe('PNG and JPEG captures', () => {
     const grey = await decodeFile(imagePath('itk_BrainMidSagittalSlice.png'), opts());
     expect(ga.frames[0]!.channels).toBe(1);
     expect(diffStats(ga.frames[0]!.data, grey.frames[0]!.data).max).toBe(0);
+  });
+
+  it('DICOM is recognised without its 128-byte preamble, and without any meta group', async () => {
+    const full = readDicom('pydicom_CT_small.dcm');
+    const ref = await decodeBuffer(full, opts());
+    const noPreamble = await decodeBuffer(full.subarray(132), opts()); // starts at the (0002,xxxx) meta group
+    expect(noPreamble.kind).toBe('dicom');
+    expect(diffStats(ref.frames[0]!.data, noPreamble.frames[0]!.data).max).toBe(0);
+    const noMeta = await decodeFile(dicomPath('derived_MR_small_nometa.dcm'), opts());
+    const mr = await decodeFile(dicomPath('pydicom_MR_small.dcm'), opts());
+    expect(diffStats(noMeta.frames[0]!.data, mr.frames[0]!.data).max).toBe(0);
   });
 
   it('JPEG photo decodes to RGB, sniffed by content not by name', async () => {
