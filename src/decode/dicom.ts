@@ -75,6 +75,8 @@ export interface DisplayAttributes {
   windowCenter?: number;
   windowWidth?: number;
   voiLutFunction: string;
+  /** First item of the Modality LUT Sequence (0028,3000), used instead of rescale: raw output values. */
+  modalityLut?: { data: Float64Array; firstMapped: number };
   /** First item of the VOI LUT Sequence (0028,3010): output normalised to [0, 1]. */
   voiLut?: { data: Float32Array; firstMapped: number };
   palette?: { red: Float32Array; green: Float32Array; blue: Float32Array; firstMapped: number };
@@ -255,6 +257,28 @@ function readPalette(ds: DataSet, pr: 0 | 1): DisplayAttributes['palette'] {
   return { red: r.lut, green: g.lut, blue: b.lut, firstMapped: r.first };
 }
 
+/** Modality LUT Sequence, first item (PS3.3 C.11.1): maps stored values to modality values. */
+function readModalityLut(ds: DataSet, px: PixelModule): DisplayAttributes['modalityLut'] {
+  if (px.samplesPerPixel !== 1) return undefined;
+  const item = ds.elements.x00283000?.items?.[0]?.dataSet;
+  if (!item) return undefined;
+  const desc = item.elements.x00283002;
+  const data = item.elements.x00283006;
+  if (!desc || desc.length < 6 || !data || data.length === 0) return undefined;
+  if (data.dataOffset + data.length > item.byteArray.length) throw new DecodeError('truncated', 'Modality LUT data runs past the end of the file');
+  const entries = item.uint16('x00283002', 0) || 65536;
+  const firstMapped = px.pixelRepresentation === 1 ? item.int16('x00283002', 1)! : item.uint16('x00283002', 1)!;
+  const lut = new Float64Array(entries);
+  if (data.length >= entries * 2) {
+    for (let i = 0; i < entries; i++) lut[i] = item.uint16('x00283006', i)!;
+  } else if (data.length >= entries) {
+    for (let i = 0; i < entries; i++) lut[i] = item.byteArray[data.dataOffset + i]!;
+  } else {
+    throw new DecodeError('corrupt', `Modality LUT has ${data.length} bytes of data for ${entries} entries`);
+  }
+  return { data: lut, firstMapped };
+}
+
 /** VOI LUT Sequence, first item (PS3.3 C.11.2): descriptor [entries, first mapped, bits] + LUT data. */
 function readVoiLut(ds: DataSet, px: PixelModule, display: { rescaleIntercept: number }): DisplayAttributes['voiLut'] {
   const item = ds.elements.x00283010?.items?.[0]?.dataSet;
@@ -296,6 +320,7 @@ function readDisplay(ds: DataSet, px: PixelModule): DisplayAttributes {
     display.windowWidth = ww;
   }
   if (px.photometric === 'PALETTE COLOR') display.palette = readPalette(ds, px.pixelRepresentation);
+  display.modalityLut = readModalityLut(ds, px);
   display.voiLut = readVoiLut(ds, px, display);
   return display;
 }

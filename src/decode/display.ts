@@ -80,25 +80,54 @@ export function minMax(data: RawFrame['data']): { min: number; max: number } {
 const LUT_LIMIT = 1 << 20;
 
 function greyscale(raw: RawFrame, display: DisplayAttributes, w: VoiChoice | undefined, min: number, max: number): Float32Array {
-  const { rescaleSlope: slope, rescaleIntercept: intercept } = display;
+  const { rescaleSlope: slope, rescaleIntercept: intercept, modalityLut } = display;
   const invert = raw.photometric === 'MONOCHROME1';
-  // modality range for min-max windowing
-  const m0 = min * slope + intercept;
-  const m1 = max * slope + intercept;
-  const lo = Math.min(m0, m1);
-  const span = Math.abs(m1 - m0);
   const n = raw.data.length;
   const out = new Float32Array(n);
   const data = raw.data;
   const range = max - min + 1;
   if (range <= LUT_LIMIT) {
+    // modality value of every stored value in [min, max], then one VOI lookup table
+    const mv = new Float64Array(range);
+    if (modalityLut) {
+      const last = modalityLut.data.length - 1;
+      for (let k = 0; k < range; k++) {
+        let j = min + k - modalityLut.firstMapped;
+        if (j < 0) j = 0;
+        else if (j > last) j = last;
+        mv[k] = modalityLut.data[j]!;
+      }
+    } else {
+      for (let k = 0; k < range; k++) mv[k] = (min + k) * slope + intercept;
+    }
+    let lo = Infinity;
+    let hi = -Infinity;
+    if (w) {
+      lo = 0;
+      hi = 0;
+    } else {
+      // min-max over the modality values actually present
+      const seen = new Uint8Array(range);
+      for (let i = 0; i < n; i++) seen[data[i]! - min] = 1;
+      for (let k = 0; k < range; k++) {
+        if (!seen[k]) continue;
+        const m = mv[k]!;
+        if (m < lo) lo = m;
+        if (m > hi) hi = m;
+      }
+    }
     const lut = new Float32Array(range);
     for (let k = 0; k < range; k++) {
-      const y = voi((min + k) * slope + intercept, w, lo, span);
+      const y = voi(mv[k]!, w, lo, hi - lo);
       lut[k] = invert ? 1 - y : y;
     }
     for (let i = 0; i < n; i++) out[i] = lut[data[i]! - min]!;
   } else {
+    // 32-bit data with a huge range: linear rescale only
+    const m0 = min * slope + intercept;
+    const m1 = max * slope + intercept;
+    const lo = Math.min(m0, m1);
+    const span = Math.abs(m1 - m0);
     for (let i = 0; i < n; i++) {
       const y = voi(data[i]! * slope + intercept, w, lo, span);
       out[i] = invert ? 1 - y : y;

@@ -115,6 +115,19 @@ describe('display values', () => {
     expect(minmax.data[raw.data.indexOf(hi)]).toBe(1);
   });
 
+  it('a Modality LUT Sequence replaces rescale: min-max display follows the LUT output, not the stored values', async () => {
+    // derived_MR_small_modlut.dcm: out = round(v * v / 256), no window, no rescale
+    const f = await firstFrame('derived_MR_small_modlut.dcm', opts({ windowByModality: {} }));
+    const raw = decodeDicomRaw(readDicom('derived_MR_small_modlut.dcm')).rawFrame(0);
+    const m = Array.from(raw.data, (v) => Math.round((v * v) / 256));
+    const lo = Math.min(...m);
+    const hi = Math.max(...m);
+    for (let i = 0; i < m.length; i += 3) expect(f.data[i]).toBeCloseTo((m[i]! - lo) / (hi - lo), 5);
+    // a stored value halfway between min and max is well below mid-grey on a quadratic curve
+    const plain = await firstFrame('pydicom_MR_small.dcm', opts({ windowByModality: {}, preferFileWindow: false }));
+    expect(diffStats(plain.data, f.data).max).toBeGreaterThan(0.1);
+  });
+
   it('a VOI LUT Sequence in the file (as CR/DX/MG carry) maps modality values through its table', async () => {
     // derived_CT_small_voilut.dcm: 2048 entries from -1024 HU, 12-bit, y = sqrt((HU + 1024) / 2047)
     const f = await firstFrame('derived_CT_small_voilut.dcm', opts({ preferFileWindow: true }));
