@@ -668,16 +668,14 @@ export function openDicom(bytes: Uint8Array): ParsedDicom {
     if (is422 && pe.length >= fb * px.numberOfFrames) is422 = false;
     const frameStride = is422 ? storedFrameBytes : fb;
     const needed = px.bitsAllocated === 1 ? Math.ceil((bitsPerFrame * px.numberOfFrames) / 8) : frameStride * px.numberOfFrames;
-    // Whole frames actually present (bounded by the buffer, not by the header).
-    let framesPresent = px.numberOfFrames;
+    // Every declared frame must be present: sizes are bounded by the bytes in the buffer, never the header.
     if (available < needed) {
-      const have = px.bitsAllocated === 1 ? Math.floor((available * 8) / bitsPerFrame) : Math.floor(available / frameStride);
-      if (pe.dataOffset + pe.length > total || have === 0) {
+      if (pe.dataOffset + pe.length > total) {
         throw new DecodeError('truncated', `pixel data holds ${available} bytes, ${px.numberOfFrames} frame(s) of ${px.columns}x${px.rows} need ${needed}: file is truncated`);
       }
-      throw new DecodeError('corrupt', `pixel data holds ${available} bytes, ${px.numberOfFrames} frame(s) need ${needed}`);
+      throw new DecodeError('corrupt', `pixel data holds ${available} bytes, ${px.numberOfFrames} frame(s) of ${px.columns}x${px.rows} need ${needed}`);
     }
-    framesPresent = px.numberOfFrames;
+    const framesPresent = px.numberOfFrames;
     const bigEndian = ts === TS.explicitBE;
     const readFrame = (i: number): RawFrame => {
       if (!Number.isInteger(i) || i < 0 || i >= framesPresent) throw new RangeError(`frame ${i} out of range 0..${framesPresent - 1}`);
