@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ConfigError, loadConfig, shippedPath, type CliOverrides } from '../src/config/load.js';
 import type { AgentConfig } from '../src/config/schema.js';
+import { renderConfigReference } from '../src/config/reference.js';
 import { decodeFile } from '../src/decode/index.js';
 import { DecodeError } from '../src/decode/types.js';
 import { createLogger } from '../src/log.js';
@@ -145,6 +146,13 @@ program
   .action((file: string, opts: { offline?: boolean }) => {
     const config = load(file, {}, !opts.offline);
     process.stdout.write(`${file}: ok (device ${config.deviceId}, config ${config.configId})\n`);
+  });
+
+program
+  .command('config-reference')
+  .description('print the device config reference (Markdown) generated from the schema')
+  .action(() => {
+    process.stdout.write(renderConfigReference());
   });
 
 program.parseAsync(process.argv).catch((err: unknown) => fail((err as Error).message));

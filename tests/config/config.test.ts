@@ -163,3 +163,11 @@ describe('overrides and secrets', () => {
     expect(config.mqtt.password).toBe('s3cret');
   });
 });
+
+describe('config reference', () => {
+  it('docs/CONFIG.md is the reference generated from the schema', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { renderConfigReference } = await import('../../src/config/reference.js');
+    expect(readFileSync(shippedPath('docs', 'CONFIG.md'), 'utf8')).toBe(renderConfigReference());
+  });
+});

@@ -1,0 +1,68 @@
+/**
+ * Renders docs/CONFIG.md from the schema, so the reference can never drift from what the agent
+ * accepts (a test compares the committed file with this output).
+ */
+import { configSchema } from './schema.js';
+import { envVariables } from './load.js';
+
+interface Node {
+  type?: string;
+  description?: string;
+  default?: unknown;
+  enum?: readonly unknown[];
+  minimum?: number;
+  maximum?: number;
+  properties?: Record<string, Node>;
+  items?: Node;
+  'x-restart'?: boolean;
+}
+
+function fmt(v: unknown): string {
+  if (v === undefined) return '';
+  if (v === '') return '`""`';
+  return '`' + JSON.stringify(v) + '`';
+}
+
+export function renderConfigReference(): string {
+  const env = new Map(envVariables().map((v) => [v.path.join('.'), v.name]));
+  const rows: string[] = [];
+  const walk = (node: Node, at: string[]): void => {
+    if (node.type === 'object' && node.properties && Object.keys(node.properties).length > 0) {
+      for (const [k, child] of Object.entries(node.properties)) walk(child, [...at, k]);
+      return;
+    }
+    const key = at.join('.');
+    let type = node.type ?? 'any';
+    if (node.enum) type = node.enum.map((e) => String(e)).join(' \\| ');
+    if (node.type === 'array' && node.items?.enum) type = `list of ${node.items.enum.map((e) => String(e)).join(' \\| ')}`;
+    else if (node.type === 'array') type = `list of ${node.items?.type ?? 'any'}`;
+    const range = node.minimum !== undefined || node.maximum !== undefined ? ` (${node.minimum ?? ''}..${node.maximum ?? ''})` : '';
+    const notes = [node.description ?? '', node['x-restart'] ? '**restart required**' : ''].filter(Boolean).join('; ');
+    rows.push(`| \`${key}\` | ${type}${range} | ${fmt(node.default)} | \`${env.get(key) ?? ''}\` | ${notes.replace(/\|/g, '\\|')} |`);
+  };
+  walk(configSchema as unknown as Node, []);
+  return [
+    '# Device config reference',
+    '',
+    '<!-- Generated from src/config/schema.ts by `edge-agent config-reference`; a test keeps it in sync. -->',
+    '',
+    'A device config is one YAML file (examples in `device-configs/`). Every setting is optional; the',
+    'defaults below apply. Precedence, lowest first: defaults, the YAML file, environment variables,',
+    'command-line flags (`--inbox`, `--state-dir`, `--mqtt-url`, `--device-id`).',
+    '',
+    '- Environment variables are derived from the setting path: `EDGE_AGENT_` + the path in',
+    '  SCREAMING_SNAKE_CASE with `__` between levels. Lists take `a,b,c` or YAML `[a, b]`.',
+    '- Relative paths resolve against the working directory. Paths of secret files may use',
+    '  `${CREDENTIALS_DIRECTORY}` (systemd `LoadCredential=`).',
+    '- Secrets (MQTT password, TLS key) come from files; `mqtt.password` inline or from the environment',
+    '  is accepted but never shown by `get-config` or the logs.',
+    '- A bad config refuses to start (exit 1) listing every problem as `path: message (line N)`;',
+    '  `edge-agent validate-config FILE` checks a file without starting (`--offline` skips checks of',
+    '  referenced files, for a config meant for another machine).',
+    '',
+    '| setting | type | default | environment | notes |',
+    '|---|---|---|---|---|',
+    ...rows,
+    '',
+  ].join('\n');
+}
