@@ -74,7 +74,7 @@ describe('bad input gives the right DecodeError', () => {
   });
 
   it('DICOM without pixel data (SR, RT plan, headerless RT plan)', async () => {
-    for (const name of ['pydicom_reportsi.dcm', 'pydicom_rtplan.dcm', 'pydicom_ExplVR_LitEndNoMeta.dcm']) {
+    for (const name of ['pydicom_reportsi.dcm', 'pydicom_rtplan.dcm', 'pydicom_ExplVR_LitEndNoMeta_rtplan_nopixel.dcm']) {
       const r = await codeOf(decodeFile(dicomPath(name), opts));
       expect(r.code, name).toBe('no-pixel-data');
       expect(r.message).toMatch(/no pixel data/);
@@ -140,7 +140,7 @@ describe('bad input gives the right DecodeError', () => {
   });
 
   it('constant frames are refused, never fed to the model (real all-zero MR, PNG)', async () => {
-    for (const name of ['derived_MR_philips_mprage_constant.dcm', 'nibabel_decimal_rescale.dcm']) {
+    for (const name of ['derived_MR_philips_mprage_constant.dcm', 'nibabel_decimal_rescale_constant.dcm']) {
       for (const framePolicy of ['first', 'middle', 'all'] as const) {
         const r = await codeOf(decodeFile(dicomPath(name), { ...opts, framePolicy }));
         expect(r.code, `${name} ${framePolicy}`).toBe('constant-image');
@@ -191,7 +191,7 @@ describe('bad input gives the right DecodeError', () => {
   });
 
   it('a deliberately broken pydicom file (SC_rgb_jpeg.dcm) and a truncated JPEG photo fail cleanly', async () => {
-    expect(['truncated', 'corrupt']).toContain((await codeOf(decodeFile(dicomPath('pydicom_SC_rgb_jpeg.dcm'), opts))).code);
+    expect(['truncated', 'corrupt']).toContain((await codeOf(decodeFile(dicomPath('pydicom_SC_rgb_jpeg_malformed_truncated.dcm'), opts))).code);
     expect(['truncated', 'corrupt']).toContain((await codeOf(decodeFile(imagePath('skimage_truncated.jpg'), opts))).code);
   });
 });
