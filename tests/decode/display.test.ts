@@ -247,6 +247,19 @@ describe('frame policy', () => {
     expect(diffStats(middle.frames[0]!.data, all.frames[7]!.data).max).toBe(0);
   });
 
+  it("'all' skips a blank frame in a multi-frame object but keeps the others", async () => {
+    const bytes = new Uint8Array(readDicom('pydicom_rtdose.dcm'));
+    // rtdose.dcm: implicit VR LE, 15 frames of 10x10 32-bit samples at the end of the file
+    const frameBytes = 10 * 10 * 4;
+    const pixelStart = bytes.length - 15 * frameBytes;
+    bytes.fill(0, pixelStart + 3 * frameBytes, pixelStart + 4 * frameBytes);
+    const cap = await decodeBuffer(bytes, opts({ framePolicy: 'all', maxFrames: 100 }));
+    expect(cap.frames.map((f) => f.index)).toEqual([0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]);
+    // 'first' on the blank frame itself is refused
+    bytes.fill(0, pixelStart, pixelStart + frameBytes);
+    await expect(decodeBuffer(bytes, opts({ framePolicy: 'first' }))).rejects.toMatchObject({ code: 'constant-image' });
+  });
+
   it("'all' is capped at maxFrames", async () => {
     const cap = await decodeFile(dicomPath('jll_jpeg_lossless_sel1-8bit.dcm'), opts({ framePolicy: 'all', maxFrames: 5 }));
     expect(cap.meta.numberOfFrames).toBe(12);
