@@ -88,7 +88,7 @@ export function envVariables(): { name: string; path: string[]; type: string }[]
     }
     out.push({ name: ENV_PREFIX + at.map(toEnvSegment).join('__'), path: at, type: node.type ?? 'string' });
   };
-  walk(configSchema as unknown as SchemaNode, []);
+  walk(configSchema, []);
   return out;
 }
 

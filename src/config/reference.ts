@@ -40,7 +40,7 @@ export function renderConfigReference(): string {
     const notes = [node.description ?? '', node['x-restart'] ? '**restart required**' : ''].filter(Boolean).join('; ');
     rows.push(`| \`${key}\` | ${type}${range} | ${fmt(node.default)} | \`${env.get(key) ?? ''}\` | ${notes.replace(/\|/g, '\\|')} |`);
   };
-  walk(configSchema as unknown as Node, []);
+  walk(configSchema, []);
   return [
     '# Device config reference',
     '',

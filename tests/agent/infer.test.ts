@@ -14,10 +14,16 @@ const IMAGES_DIR = path.resolve('tests/fixtures/images');
 /** Fixtures that are bad input on purpose (no pixel data, truncated, constant). */
 const NEGATIVE = /truncated|constant|rtplan|reportsi|nopixel|garbage|empty/i;
 
+interface InferResult {
+  resultId: string;
+  label: string;
+  input: { fileName: string; contentHash: string; kind: string; modality: string; transferSyntaxUid?: string; sopInstanceUid?: string };
+}
+
 function infer(files: string[], extra: string[] = []) {
   const r = spawnSync(process.execPath, [CLI, 'infer', ...files, ...extra], { encoding: 'utf8', maxBuffer: 64 << 20 });
   const lines = r.stdout.split('\n').filter((l) => l.length > 0);
-  return { status: r.status, lines, results: lines.map((l) => JSON.parse(l) as Record<string, any>), stderr: r.stderr };
+  return { status: r.status, lines, results: lines.map((l) => JSON.parse(l) as InferResult), stderr: r.stderr };
 }
 
 describe('edge-agent infer', () => {

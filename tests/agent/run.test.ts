@@ -56,6 +56,10 @@ function results(sub: Subscriber, topic: string): Result[] {
   return sub.on(topic).map((m) => JSON.parse(m.payload) as Result);
 }
 
+function stateOf(payload: string): string {
+  return (JSON.parse(payload) as { state: string }).state;
+}
+
 function journalStates(dirs: AgentDirs): Record<string, number> {
   const db = new Database(path.join(dirs.stateDir, 'agent.db'), { readonly: true });
   try {
@@ -239,11 +243,11 @@ describe.skipIf(skipWithoutMosquitto || !dcmtkAvailable)('agent with a real mosq
     const sub = await Subscriber.connect(broker.url, `imaging/${deviceId}/state`);
     try {
       const agent = await startAgent(dirs);
-      await until(() => sub.messages.some((m) => JSON.parse(m.payload).state === 'online'), 10_000, 'online');
-      const online = JSON.parse(sub.messages.find((m) => JSON.parse(m.payload).state === 'online')!.payload) as { model: { id: string } };
+      await until(() => sub.messages.some((m) => stateOf(m.payload) === 'online'), 10_000, 'online');
+      const online = JSON.parse(sub.messages.find((m) => stateOf(m.payload) === 'online')!.payload) as { model: { id: string } };
       expect(online.model.id).toBe('orientation-qa');
       expect(await agent.stop('SIGTERM')).toBe(0);
-      await until(() => JSON.parse(sub.messages.at(-1)!.payload).state === 'offline', 10_000, 'offline');
+      await until(() => stateOf(sub.messages.at(-1)!.payload) === 'offline', 10_000, 'offline');
       expect(agent.logs.map((l) => l.msg)).toContain('stopped');
     } finally {
       await sub.close();
@@ -256,9 +260,9 @@ describe.skipIf(skipWithoutMosquitto || !dcmtkAvailable)('agent with a real mosq
     const sub = await Subscriber.connect(broker.url, `imaging/${deviceId}/state`);
     try {
       const agent = await startAgent(dirs);
-      await until(() => sub.messages.some((m) => JSON.parse(m.payload).state === 'online'), 10_000, 'online');
+      await until(() => sub.messages.some((m) => stateOf(m.payload) === 'online'), 10_000, 'online');
       await agent.kill();
-      await until(() => JSON.parse(sub.messages.at(-1)!.payload).state === 'offline', 15_000, 'last will');
+      await until(() => stateOf(sub.messages.at(-1)!.payload) === 'offline', 15_000, 'last will');
     } finally {
       await sub.close();
     }
