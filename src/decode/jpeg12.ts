@@ -26,11 +26,15 @@ for (let x = 0; x < 8; x++) {
   }
 }
 
+const LOOKAHEAD = 9;
+
 interface Huffman {
   maxcode: Int32Array; // per length 1..16, -1 when no code of that length
   valptr: Int32Array;
   mincode: Int32Array;
   values: Uint8Array;
+  /** Codes up to LOOKAHEAD bits: (length << 8) | value, indexed by the next LOOKAHEAD bits; 0 = longer code. */
+  fast: Uint16Array;
 }
 
 function buildHuffman(counts: Uint8Array, values: Uint8Array): Huffman {
@@ -51,7 +55,17 @@ function buildHuffman(counts: Uint8Array, values: Uint8Array): Huffman {
     code <<= 1;
   }
   maxcode[17] = 0x7fffffff; // sentinel
-  return { maxcode, valptr, mincode, values };
+  const fast = new Uint16Array(1 << LOOKAHEAD);
+  for (let len = 1; len <= LOOKAHEAD; len++) {
+    if (maxcode[len]! < 0) continue;
+    for (let c = mincode[len]!; c <= maxcode[len]!; c++) {
+      const v = values[valptr[len]! + c - mincode[len]!] ?? 0;
+      const shift = LOOKAHEAD - len;
+      const base = c << shift;
+      for (let k = 0; k < 1 << shift; k++) fast[base + k] = (len << 8) | v;
+    }
+  }
+  return { maxcode, valptr, mincode, values, fast };
 }
 
 interface Component {
@@ -380,14 +394,20 @@ function decodeScan(
     return (bitBuf >>> bitCnt) & ((1 << n) - 1);
   };
   const decodeHuff = (t: Huffman): number => {
-    let code = bits(1);
-    let len = 1;
-    while (code > t.maxcode[len]!) {
-      code = (code << 1) | bits(1);
-      len++;
-      if (len > 16) throw new JpegError('JPEG Huffman code not found (corrupt data)');
+    if (bitCnt < 16) fill(); // fill leaves at least 25 bits
+    const hit = t.fast[(bitBuf >>> (bitCnt - LOOKAHEAD)) & ((1 << LOOKAHEAD) - 1)]!;
+    if (hit !== 0) {
+      bitCnt -= hit >> 8;
+      return hit & 0xff;
     }
-    return t.values[t.valptr[len]! + code - t.mincode[len]!] ?? 0;
+    for (let len = LOOKAHEAD + 1; len <= 16; len++) {
+      const code = (bitBuf >>> (bitCnt - len)) & ((1 << len) - 1);
+      if (code <= t.maxcode[len]!) {
+        bitCnt -= len;
+        return t.values[t.valptr[len]! + code - t.mincode[len]!] ?? 0;
+      }
+    }
+    throw new JpegError('JPEG Huffman code not found (corrupt data)');
   };
   const extend = (v: number, s: number): number => (v < 1 << (s - 1) ? v - (1 << s) + 1 : v);
 
@@ -400,6 +420,7 @@ function decodeScan(
     const diff = t === 0 ? 0 : extend(bits(t), t);
     c.pred += diff;
     coef[0] = c.pred * q[0]!;
+    let anyAc = false;
     for (let k = 1; k < 64; ) {
       const rs = decodeHuff(c.ac!);
       const r = rs >> 4;
@@ -414,7 +435,16 @@ function decodeScan(
       k += r;
       if (k > 63) break;
       coef[ZIGZAG[k]!] = extend(bits(s), s) * q[k]!;
+      anyAc = true;
       k++;
+    }
+    const lineW = c.blocksPerLine * 8;
+    const base = row * 8 * lineW + col * 8;
+    if (!anyAc) {
+      // flat block: every sample is DC / 8
+      const dc = coef[0] / 8;
+      for (let y = 0; y < 8; y++) c.samples.fill(dc, base + y * lineW, base + y * lineW + 8);
+      return;
     }
     // separable IDCT: rows then columns
     for (let y = 0; y < 8; y++) {
@@ -426,8 +456,6 @@ function decodeScan(
         tmp[yo + x] = s;
       }
     }
-    const lineW = c.blocksPerLine * 8;
-    const base = row * 8 * lineW + col * 8;
     for (let x = 0; x < 8; x++) {
       for (let y = 0; y < 8; y++) {
         const yo = y * 8;
