@@ -13,6 +13,7 @@ import { InboxWatcher } from '../src/ingest/watcher.js';
 import { startEmbeddedBroker, type EmbeddedBroker } from '../src/mqtt/broker.js';
 import { MqttLink, type MqttLinkOptions } from '../src/mqtt/link.js';
 import { deviceTopics } from '../src/mqtt/topics.js';
+import { BundleError } from '../src/models/bundle.js';
 import { BundleClassifier, type Classifier } from '../src/pipeline/classifier.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { StateStore } from '../src/store/index.js';
@@ -27,6 +28,8 @@ export function classifierOptions(config: AgentConfig) {
     interOpThreads: config.model.interOpThreads,
     graphOptimization: config.model.graphOptimization,
     warmupRuns: config.model.warmupRuns,
+    trustedKeys: config.model.trustedKeys,
+    allowUnsigned: config.model.allowUnsigned,
   };
 }
 
@@ -41,6 +44,8 @@ export function decodeOptions(config: AgentConfig) {
   };
 }
 
+export type ReloadOutcome = { ok: true; model: Classifier['info'] } | { ok: false; error: string; reason?: string };
+
 export class Agent {
   private store: StateStore | undefined;
   private classifier: Classifier | undefined;
@@ -49,6 +54,7 @@ export class Agent {
   private pipeline: Pipeline | undefined;
   private watcher: InboxWatcher | undefined;
   private stopping: Promise<void> | undefined;
+  private reloading: Promise<ReloadOutcome> | undefined;
   private readonly log: Logger;
 
   constructor(
@@ -67,12 +73,9 @@ export class Agent {
     for (const dir of [c.inbox, c.stateDir, c.doneDir, c.quarantineDir]) await mkdir(dir, { recursive: true });
     this.store = StateStore.open(c.stateDir);
 
-    this.classifier = await BundleClassifier.load(c.model.bundle, classifierOptions(c));
-    const failedProviders = this.classifier.attempts.filter((a) => !a.ok);
-    for (const a of failedProviders) {
-      this.log.warn({ provider: a.provider, reason: a.reason }, 'execution provider unavailable; trying the next one');
-    }
-    this.log.info({ model: this.classifier.info }, 'model loaded and warm');
+    const classifier = await BundleClassifier.load(c.model.bundle, classifierOptions(c));
+    this.classifier = classifier;
+    this.logModel(classifier);
 
     let url = c.mqtt.url;
     let protocolVersion: 4 | 5 = 5;
@@ -155,6 +158,74 @@ export class Agent {
       { deviceId: c.deviceId, inbox: c.inbox, mqtt: this.mqttUrl, topics: { result: topics.result, state: topics.state } },
       'agent started',
     );
+  }
+
+  private logModel(classifier: BundleClassifier): void {
+    for (const a of classifier.attempts.filter((x) => !x.ok)) {
+      this.log.warn({ provider: a.provider, reason: a.reason }, 'execution provider unavailable; trying the next one');
+    }
+    const sig = classifier.signature;
+    if (!sig.signed) this.log.warn({ bundle: classifier.bundle.dir }, 'model bundle is UNSIGNED (model.allowUnsigned: true); development only');
+    else if (/DEVELOPMENT-ONLY/.test(sig.keySource ?? '')) {
+      this.log.warn({ keyId: sig.keyId, key: sig.keySource }, 'model bundle is signed with the DEVELOPMENT-ONLY key; trust a production key in model.trustedKeys on real devices');
+    }
+    this.log.info(
+      { model: classifier.info, signedBy: sig.keyId ?? null, golden: classifier.golden.map((g) => ({ name: g.name, maxAbsDiff: g.maxAbsDiff })) },
+      'model loaded and warm',
+    );
+  }
+
+  /**
+   * Loads the bundle at config.model.bundle again into a NEW classifier with every check (signature,
+   * schema, hashes, golden outputs). On success it replaces the serving model (jobs already running finish
+   * on the old one, which is then freed); on failure the current model keeps serving, and the reason is
+   * logged and published on `error`. One reload at a time (SIGHUP in `edge-agent run`).
+   */
+  reloadModel(): Promise<ReloadOutcome> {
+    this.reloading ??= this.doReload().finally(() => (this.reloading = undefined));
+    return this.reloading;
+  }
+
+  private async doReload(): Promise<ReloadOutcome> {
+    const c = this.config;
+    const old = this.classifier;
+    if (!this.pipeline || !old || this.stopping) return { ok: false, error: 'agent is not running' };
+    this.log.info({ bundle: c.model.bundle }, 'reloading model');
+    let next: BundleClassifier;
+    try {
+      next = await BundleClassifier.load(c.model.bundle, classifierOptions(c));
+    } catch (err) {
+      const e = err as Error;
+      const reason = err instanceof BundleError ? err.code : 'load-failed';
+      const problems = err instanceof BundleError ? err.problems : [e.message];
+      this.log.error(
+        { bundle: c.model.bundle, reason, problems, serving: old.info },
+        `model reload refused, the current model keeps serving: ${e.message}`,
+      );
+      this.link?.publishError({
+        deviceId: c.deviceId,
+        code: 'model-rejected',
+        reason,
+        message: e.message,
+        problems,
+        stage: 'model',
+        bundle: c.model.bundle,
+        serving: old.info,
+        createdAt: new Date().toISOString(),
+      });
+      return { ok: false, error: e.message, reason };
+    }
+    if (this.stopping) {
+      await next.dispose();
+      return { ok: false, error: 'agent is stopping' };
+    }
+    this.classifier = next;
+    this.pipeline.setClassifier(next);
+    this.logModel(next);
+    this.log.info({ previous: old.info, model: next.info }, 'model reloaded');
+    await this.link?.online({ version: AGENT_VERSION, model: next.info });
+    await old.dispose();
+    return { ok: true, model: next.info };
   }
 
   /** Stops once, in order; safe to call from several signal handlers. */

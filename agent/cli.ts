@@ -17,6 +17,7 @@ import { BundleClassifier } from '../src/pipeline/classifier.js';
 import { hashFile } from '../src/pipeline/pipeline.js';
 import { buildInput, buildResult } from '../src/pipeline/result.js';
 import { Agent, classifierOptions, decodeOptions } from './agent.js';
+import { registerModelCommands } from './model-cli.js';
 import { AGENT_VERSION } from './version.js';
 
 function fail(message: string, code = 1): never {
@@ -73,6 +74,11 @@ program
     };
     process.on('SIGTERM', () => shutdown('SIGTERM', 0));
     process.on('SIGINT', () => shutdown('SIGINT', 0));
+    // SIGHUP: reload the model bundle with every check; a refused bundle leaves the current model serving
+    process.on('SIGHUP', () => {
+      log.info({ signal: 'SIGHUP' }, 'model reload requested');
+      void agent.reloadModel().catch((err: unknown) => log.error({ err }, 'model reload failed'));
+    });
     process.on('uncaughtException', (err) => {
       log.fatal({ err }, 'uncaught exception');
       shutdown('uncaughtException', 1);
@@ -154,5 +160,7 @@ program
   .action(() => {
     process.stdout.write(renderConfigReference());
   });
+
+registerModelCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => fail((err as Error).message));

@@ -15,6 +15,9 @@ import { configSchema, type AgentConfig } from './schema.js';
 
 export const ENV_PREFIX = 'EDGE_AGENT_';
 
+/** The shipped development signing key (public half), relative to the package root. NOT for production. */
+export const DEVELOPMENT_KEY = ['models', 'keys', 'DEVELOPMENT-ONLY-signing-key.pub.pem'] as const;
+
 export class ConfigError extends Error {
   constructor(
     readonly problems: string[],
@@ -235,13 +238,32 @@ export function loadConfig(file: string | undefined, options: LoadOptions = {}):
   config.quarantineDir = config.quarantineDir
     ? path.resolve(cwd, config.quarantineDir)
     : path.join(path.dirname(config.inbox), 'quarantine');
+  const shippedBundle = !config.model.bundle;
   config.model.bundle = config.model.bundle ? path.resolve(cwd, config.model.bundle) : shippedPath('models', 'orientation-qa');
+  // Trusted signing keys: ${EDGE_AGENT_PACKAGE} (the installed package) and env variables expand, then
+  // paths resolve like the others. Empty: the shipped development key, only for the shipped bundle.
+  const keyVars = { ...env, EDGE_AGENT_PACKAGE: shippedPath() };
+  config.model.trustedKeys = config.model.trustedKeys.map((k) => path.resolve(cwd, expandVars(k, keyVars)));
+  if (config.model.trustedKeys.length === 0 && shippedBundle) {
+    config.model.trustedKeys = [shippedPath(...DEVELOPMENT_KEY)];
+  } else if (config.model.trustedKeys.length === 0 && !config.model.allowUnsigned) {
+    problems.push('model.trustedKeys: list the public key(s) that sign this bundle (or set model.allowUnsigned: true, development only)');
+  }
   if (config.mqtt.clientId === '') config.mqtt.clientId = `edge-agent-${config.deviceId}`;
 
   for (const [name, dir] of [['doneDir', config.doneDir], ['quarantineDir', config.quarantineDir], ['stateDir', config.stateDir]] as const) {
     if (isInside(dir, config.inbox)) problems.push(`${name}: must not be inside the inbox (${config.inbox})`);
   }
   const checkFiles = options.checkFiles ?? true;
+  if (checkFiles) {
+    config.model.trustedKeys.forEach((k, i) => {
+      try {
+        if (!statSync(k).isFile()) throw new Error('not a regular file');
+      } catch (err) {
+        problems.push(`model.trustedKeys.${i}: cannot read ${k}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+    });
+  }
   if (checkFiles && !existsSync(path.join(config.model.bundle, 'manifest.json'))) {
     problems.push(`model.bundle: no manifest.json in ${config.model.bundle}`);
   }

@@ -48,6 +48,10 @@ export interface AgentConfig {
     interOpThreads: number;
     graphOptimization: 'disabled' | 'basic' | 'extended' | 'all';
     warmupRuns: number;
+    /** PEM files of the Ed25519 public keys trusted to sign model bundles (manifest.sig). */
+    trustedKeys: string[];
+    /** Load a bundle without manifest.sig (development only). */
+    allowUnsigned: boolean;
   };
   pipeline: {
     concurrency: number;
@@ -169,6 +173,15 @@ export const configSchema = {
         interOpThreads: { type: 'integer', minimum: 0, maximum: 256, default: 1 },
         graphOptimization: { type: 'string', enum: ['disabled', 'basic', 'extended', 'all'], default: 'all' },
         warmupRuns: { type: 'integer', minimum: 0, maximum: 100, default: 3 },
+        trustedKeys: {
+          type: 'array', default: [], items: { type: 'string', minLength: 1 },
+          description:
+            'PEM files of the Ed25519 public keys whose signature (manifest.sig) a bundle must carry; ${EDGE_AGENT_PACKAGE} = the installed package. Empty: the shipped DEVELOPMENT-ONLY key, and only for the shipped bundle',
+        },
+        allowUnsigned: {
+          type: 'boolean', default: false,
+          description: 'load a bundle that has no manifest.sig (development only; a bad or untrusted signature is refused anyway)',
+        },
       },
     },
     pipeline: {

@@ -22,7 +22,12 @@ export type BundleErrorCode =
   | 'size-mismatch'
   | 'hash-mismatch'
   | 'no-model-file'
-  | 'check-failed';
+  | 'check-failed'
+  // signature (./signature.ts) and golden (./golden.ts) checks
+  | 'unsigned'
+  | 'untrusted-key'
+  | 'bad-signature'
+  | 'golden-mismatch';
 
 export class BundleError extends Error {
   constructor(
@@ -39,7 +44,15 @@ export class BundleError extends Error {
 /** An extra verification step (signature, golden check...). Throw BundleError to reject. */
 export type BundleCheck = (bundle: LoadedBundle) => Promise<void>;
 
+/**
+ * A check of the raw manifest.json bytes, run before they are parsed (signature verification: the
+ * bytes checked are exactly the bytes then parsed). `dirReal` is the resolved bundle directory.
+ */
+export type ManifestCheck = (manifestBytes: Buffer, dirReal: string) => Promise<void>;
+
 export interface LoadBundleOptions {
+  /** Checks of the manifest bytes before anything else trusts them (signature), in order. */
+  manifestChecks?: ManifestCheck[];
   /** Extra checks run after the manifest and file integrity are verified, in order. */
   checks?: BundleCheck[];
   /** Largest manifest accepted (bytes). */
@@ -129,6 +142,7 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
   if (l.size > max) throw new BundleError('invalid-manifest', `${MANIFEST} is ${l.size} bytes (limit ${max})`);
 
   const bytes = await readFile(manifestPath);
+  for (const check of options.manifestChecks ?? []) await check(bytes, dirReal);
   let parsed: unknown;
   try {
     parsed = JSON.parse(bytes.toString('utf8'));

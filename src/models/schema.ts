@@ -78,7 +78,34 @@ export const manifestSchema = {
         },
       },
     },
-    golden: { type: 'array' },
+    // Golden checks (./golden.ts): a real pre-processed input tensor (raw little-endian float32 file in
+    // the bundle) and the reference raw model output. Extra keys (frame, label, source...) are allowed.
+    golden: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['name', 'input', 'logits'],
+        properties: {
+          name: { type: 'string', minLength: 1 },
+          input: {
+            type: 'object',
+            required: ['path', 'shape', 'sha256', 'size'],
+            properties: {
+              path: { type: 'string', minLength: 1 },
+              shape: { type: 'array', minItems: 1, items: { type: 'integer', minimum: 1 } },
+              dtype: { const: 'float32-le' },
+              sha256: { type: 'string', pattern: '^[0-9a-f]{64}$' },
+              size: { type: 'integer', minimum: 4 },
+            },
+          },
+          logits: { type: 'array', minItems: 1, items: { type: 'number' } },
+          /** Max abs difference allowed per output value (default: see golden.ts). */
+          tolerance: { type: 'number', exclusiveMinimum: 0 },
+        },
+      },
+    },
+    /** Default golden tolerance for entries without their own. */
+    goldenTolerance: { type: 'number', exclusiveMinimum: 0 },
     provenance: { type: 'object' },
     minAgentVersion: { type: 'string' },
   },

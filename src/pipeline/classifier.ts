@@ -7,6 +7,8 @@ import type { ImageFrame } from '../decode/types.js';
 import type { LoadedBundle } from '../models/types.js';
 import type { InferenceSessionHandle, ProviderAttempt, RuntimeLoadOptions } from '../runtimes/types.js';
 import { loadBundle, selectModelFile } from '../models/bundle.js';
+import { assertGolden, runGolden, type GoldenResult } from '../models/golden.js';
+import { loadTrustedKeys, signatureCheck, type SignatureStatus } from '../models/signature.js';
 import { preprocess, toBatch } from '../preprocess/index.js';
 import { getRuntime } from '../runtimes/registry.js';
 import { activate, type ModelInfo } from './result.js';
@@ -32,11 +34,24 @@ export interface ClassifierOptions extends RuntimeLoadOptions {
   warmupRuns: number;
   /** Frames per runtime call (multi-frame files). */
   maxBatch?: number;
+  /** PEM files of the public keys whose signature on manifest.sig is accepted (config model.trustedKeys). */
+  trustedKeys: string[];
+  /** Load a bundle that has no manifest.sig (config model.allowUnsigned; development only). */
+  allowUnsigned: boolean;
+  /** Run the manifest's golden inputs and refuse the model on a mismatch (default true). */
+  golden?: boolean;
 }
 
 export class BundleClassifier implements Classifier {
   readonly labels: string[];
   readonly info: ModelInfo;
+  /** Who signed the bundle (or that it is unsigned and was allowed). */
+  signature: SignatureStatus = { signed: false };
+  /** Outcome of the golden check on load (empty: the bundle has no golden entries or it was off). */
+  golden: GoldenResult[] = [];
+  private inflight = 0;
+  private idle: (() => void)[] = [];
+  private disposed = false;
 
   private constructor(
     readonly bundle: LoadedBundle,
@@ -58,13 +73,32 @@ export class BundleClassifier implements Classifier {
     return this.session.attempts;
   }
 
+  /**
+   * Loads with every check: signature of manifest.json (before anything in it is trusted), schema, file
+   * hashes and paths, then the runtime session, then the golden inputs through that session. Throws
+   * BundleError (nothing is left loaded) when any check fails.
+   */
   static async load(bundleDir: string, opts: ClassifierOptions): Promise<BundleClassifier> {
-    const bundle = await loadBundle(bundleDir);
+    const trustedKeys = await loadTrustedKeys(opts.trustedKeys);
+    let signature: SignatureStatus = { signed: false };
+    const bundle = await loadBundle(bundleDir, {
+      manifestChecks: [signatureCheck({ trustedKeys, allowUnsigned: opts.allowUnsigned }, (s) => (signature = s))],
+    });
     const file = selectModelFile(bundle, 'onnx');
     const runtime = getRuntime(opts.runtime);
     const session = await runtime.load(path.join(bundle.dir, file.path), opts);
     const c = new BundleClassifier(bundle, session, file.sha256, opts.maxBatch ?? 8);
-    await c.warmup(opts.warmupRuns);
+    c.signature = signature;
+    try {
+      if (opts.golden !== false) {
+        c.golden = await runGolden(bundle, file, session);
+        assertGolden(bundle, file, c.golden);
+      }
+      await c.warmup(opts.warmupRuns);
+    } catch (e) {
+      await session.dispose().catch(() => undefined);
+      throw e;
+    }
     return c;
   }
 
@@ -77,6 +111,17 @@ export class BundleClassifier implements Classifier {
   }
 
   async classify(frames: ImageFrame[]): Promise<ClassifyOutput> {
+    if (this.disposed) throw new Error(`model ${this.info.id}@${this.info.version} was unloaded`);
+    this.inflight++;
+    try {
+      return await this.classifyNow(frames);
+    } finally {
+      this.inflight--;
+      if (this.inflight === 0) for (const wake of this.idle.splice(0)) wake();
+    }
+  }
+
+  private async classifyNow(frames: ImageFrame[]): Promise<ClassifyOutput> {
     const spec = this.bundle.manifest.input;
     const probabilities: number[][] = [];
     let preprocessMs = 0;
@@ -98,7 +143,11 @@ export class BundleClassifier implements Classifier {
     return { probabilities, preprocessMs, inferMs };
   }
 
+  /** Waits for running classify() calls (a swapped-out model finishes its jobs), then frees the session. */
   async dispose(): Promise<void> {
+    if (this.disposed) return;
+    while (this.inflight > 0) await new Promise<void>((resolve) => this.idle.push(resolve));
+    this.disposed = true;
     await this.session.dispose();
   }
 }
