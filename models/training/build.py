@@ -1,0 +1,26 @@
+"""One command that reproduces models/orientation-qa/ from scratch:
+    nice /usr/bin/python3 models/training/build.py
+= data.py (gather + split real images) -> train.py (seeded) -> evaluate.py (held-out report) -> export.py.
+Same seed and same data give the same weights on the same machine (CPU torch is deterministic here).
+"""
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIZE = os.environ.get('SIZE', '128')
+STEPS = os.environ.get('STEPS', '1500')
+FOLD = os.environ.setdefault('FOLD', 'B')
+SEED = os.environ.get('SEED', '7')
+PY = sys.executable
+
+
+def run(*args: str) -> None:
+    print('+', ' '.join(args), flush=True)
+    subprocess.run([PY, *args], cwd=HERE, check=True)
+
+
+run('data.py')
+run('train.py', '--size', SIZE, '--steps', STEPS, '--seed', SEED)
+run('evaluate.py', '--ckpt', os.path.join(HERE, '.cache', f'model_{SIZE}.pt'))
+run('export.py', '--ckpt', os.path.join(HERE, '.cache', f'model_{SIZE}.pt'))
