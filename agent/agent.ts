@@ -17,6 +17,7 @@ import { BundleError } from '../src/models/bundle.js';
 import { BundleClassifier, type Classifier } from '../src/pipeline/classifier.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { StateStore } from '../src/store/index.js';
+import type { IsolationOptions } from '../src/runtimes/worker/supervisor.js';
 import type { AgentLogger } from '../src/log.js';
 import { AGENT_VERSION } from './version.js';
 
@@ -73,7 +74,7 @@ export class Agent {
     for (const dir of [c.inbox, c.stateDir, c.doneDir, c.quarantineDir]) await mkdir(dir, { recursive: true });
     this.store = StateStore.open(c.stateDir);
 
-    const classifier = await BundleClassifier.load(c.model.bundle, classifierOptions(c));
+    const classifier = await BundleClassifier.load(c.model.bundle, { ...classifierOptions(c), isolation: this.isolation() });
     this.classifier = classifier;
     this.logModel(classifier);
 
@@ -160,6 +161,35 @@ export class Agent {
     );
   }
 
+  /**
+   * Inference isolation (config model.isolation ...; src/runtimes/worker/supervisor.ts): worker restarts
+   * are logged; a runtime marked failed (restart storm) is logged and published on `error` (code
+   * 'runtime-failed'). Falling back to the next runtime in the preference list hooks in here too.
+   */
+  private isolation(): IsolationOptions {
+    const m = this.config.model;
+    const log = this.logger.component('inference');
+    return {
+      mode: m.isolation,
+      workers: m.workers,
+      inferenceTimeoutMs: m.inferenceTimeoutMs,
+      maxWorkerRssMb: m.maxWorkerRssMb,
+      restartLimit: m.restartLimit,
+      onRestart: (e) => log.warn(e, `inference worker restarting (${e.reason}): ${e.detail}`),
+      onRuntimeFailed: (e) => {
+        log.error(e, `runtime '${e.runtime}' marked failed after ${e.restarts} worker restarts in ${e.windowSec} s`);
+        this.link?.publishError({
+          deviceId: this.config.deviceId,
+          code: 'runtime-failed',
+          message: `runtime '${e.runtime}' marked failed after ${e.restarts} worker restarts in ${e.windowSec} s (last: ${e.lastReason})`,
+          stage: 'inference',
+          runtime: e.runtime,
+          createdAt: new Date().toISOString(),
+        });
+      },
+    };
+  }
+
   private logModel(classifier: BundleClassifier): void {
     for (const a of classifier.attempts.filter((x) => !x.ok)) {
       this.log.warn({ provider: a.provider, reason: a.reason }, 'execution provider unavailable; trying the next one');
@@ -193,7 +223,7 @@ export class Agent {
     this.log.info({ bundle: c.model.bundle }, 'reloading model');
     let next: BundleClassifier;
     try {
-      next = await BundleClassifier.load(c.model.bundle, classifierOptions(c));
+      next = await BundleClassifier.load(c.model.bundle, { ...classifierOptions(c), isolation: this.isolation() });
     } catch (err) {
       const e = err as Error;
       const reason = err instanceof BundleError ? err.code : 'load-failed';

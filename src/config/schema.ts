@@ -52,6 +52,13 @@ export interface AgentConfig {
     trustedKeys: string[];
     /** Load a bundle without manifest.sig (development only). */
     allowUnsigned: boolean;
+    /** Where inference runs: supervised child processes (default), worker threads, or the main thread. */
+    isolation: 'process' | 'thread' | 'none';
+    /** Inference workers; 0 = one per two cores. */
+    workers: number;
+    inferenceTimeoutMs: number;
+    maxWorkerRssMb: number;
+    restartLimit: { count: number; windowSec: number };
   };
   pipeline: {
     concurrency: number;
@@ -181,6 +188,30 @@ export const configSchema = {
         allowUnsigned: {
           type: 'boolean', default: false,
           description: 'load a bundle that has no manifest.sig (development only; a bad or untrusted signature is refused anyway)',
+        },
+        isolation: {
+          type: 'string', enum: ['process', 'thread', 'none'], default: 'process', 'x-restart': true,
+          description:
+            'where inference runs: supervised child processes (a runtime crash kills only the worker), worker threads (a native crash kills the agent), or none (main thread); see docs/ARCHITECTURE.md "Inference isolation"',
+        },
+        workers: { type: 'integer', minimum: 0, maximum: 64, default: 0, description: 'inference workers in the pool; 0: one per two cores (at least one)' },
+        inferenceTimeoutMs: {
+          type: 'integer', minimum: 100, maximum: 3600000, default: 10000,
+          description: 'a call running longer is a hang: its worker is killed and replaced, the call retried once',
+        },
+        maxWorkerRssMb: {
+          type: 'integer', minimum: 0, maximum: 1048576, default: 1024,
+          description: 'a worker process whose resident memory grows past this is replaced (checked after calls and every 5 s); 0: no limit',
+        },
+        restartLimit: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          description: 'more than count worker restarts within windowSec marks the runtime failed (error published, calls refused)',
+          properties: {
+            count: { type: 'integer', minimum: 0, maximum: 1000, default: 5, description: 'worker restarts allowed within the window (restarts caused by a proven poison input do not count)' },
+            windowSec: { type: 'integer', minimum: 1, maximum: 86400, default: 60, description: 'sliding window for restartLimit.count, seconds' },
+          },
         },
       },
     },

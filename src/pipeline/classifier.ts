@@ -10,7 +10,7 @@ import { loadBundle, selectModelFile } from '../models/bundle.js';
 import { assertGolden, runGolden, type GoldenResult } from '../models/golden.js';
 import { loadTrustedKeys, signatureCheck, type SignatureStatus } from '../models/signature.js';
 import { preprocess, toBatch } from '../preprocess/index.js';
-import { getRuntime } from '../runtimes/registry.js';
+import { openSession, type IsolationOptions } from '../runtimes/worker/supervisor.js';
 import { activate, type ModelInfo } from './result.js';
 import path from 'node:path';
 
@@ -40,6 +40,8 @@ export interface ClassifierOptions extends RuntimeLoadOptions {
   allowUnsigned: boolean;
   /** Run the manifest's golden inputs and refuse the model on a mismatch (default true). */
   golden?: boolean;
+  /** Run inference in supervised workers (config model.isolation...); absent: in this process (the CLI's infer). */
+  isolation?: IsolationOptions;
 }
 
 export class BundleClassifier implements Classifier {
@@ -85,8 +87,8 @@ export class BundleClassifier implements Classifier {
       manifestChecks: [signatureCheck({ trustedKeys, allowUnsigned: opts.allowUnsigned }, (s) => (signature = s))],
     });
     const file = selectModelFile(bundle, 'onnx');
-    const runtime = getRuntime(opts.runtime);
-    const session = await runtime.load(path.join(bundle.dir, file.path), opts);
+    // In-process, or a supervised worker pool behind the same InferenceSessionHandle (src/runtimes/worker/).
+    const session = await openSession(opts.runtime, path.join(bundle.dir, file.path), opts, opts.isolation);
     const c = new BundleClassifier(bundle, session, file.sha256, opts.maxBatch ?? 8);
     c.signature = signature;
     try {

@@ -266,6 +266,12 @@ export class Pipeline {
           await this.quarantine(job, err.code, err.message, err.code === 'missing' ? 'ingest' : 'decode');
           return false;
         }
+        if (isPoisonInput(err)) {
+          // The supervisor proved this input kills the inference worker (src/runtimes/worker/supervisor.ts):
+          // quarantine it now, like bad input; retrying would only kill more workers.
+          await this.quarantine(job, 'poison-input', (err as Error).message, 'inference');
+          return false;
+        }
         const message = err instanceof Error ? err.message : String(err);
         if (attempts >= this.opts.maxAttempts) {
           await this.quarantine(job, 'processing-failed', `failed ${attempts} times, last: ${message}`, 'pipeline');
@@ -364,6 +370,11 @@ export class Pipeline {
     if (this.running === 0 && this.queue.length === 0 && this.hashing.size === 0) return;
     await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
+}
+
+/** An error whose `code` is 'poison-input' (SupervisorError from the inference supervisor). */
+function isPoisonInput(err: unknown): boolean {
+  return err instanceof Error && (err as Error & { code?: unknown }).code === 'poison-input';
 }
 
 export async function hashFile(file: string): Promise<string> {
