@@ -16,7 +16,7 @@ BatchNormalization nodes) is mapped directly. The load is checked on the manifes
 torch logits vs the golden logits written at export (max abs diff reported).
 
 Usage: /usr/bin/python3 bench/e2e/python_loop.py --bundle models/orientation-qa --files LIST.json
-       [--threads 0] [--warmup 5] [--repeat 1]
+       [--threads 0] [--warmup 5] [--max-seconds 30]
 LIST.json: a JSON array of file paths. Prints one JSON object on stdout.
 """
 from __future__ import annotations
@@ -114,6 +114,7 @@ def main() -> None:
     ap.add_argument('--files', required=True)
     ap.add_argument('--threads', type=int, default=0, help='torch.set_num_threads; 0 keeps torch\'s default')
     ap.add_argument('--warmup', type=int, default=5)
+    ap.add_argument('--max-seconds', type=float, default=30.0, help='stop the loop early after this long (bounded bench)')
     args = ap.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -157,9 +158,11 @@ def main() -> None:
         prep.append(pr)
         infer.append(i)
         out_labels[os.path.basename(f)] = label
+        if time.perf_counter() - t_start > args.max_seconds:
+            break
     wall = time.perf_counter() - t_start
     print(json.dumps({
-        'images': len(files), 'seconds': wall, 'imagesPerSec': len(files) / wall,
+        'images': len(per), 'seconds': wall, 'imagesPerSec': len(per) / wall,
         'latencyMs': {'p50': pct(per, 50), 'p99': pct(per, 99), 'mean': float(np.mean(per))},
         'stageMeanMs': {'readDecode': float(np.mean(read)), 'preprocess': float(np.mean(prep)), 'infer': float(np.mean(infer))},
         'torchThreads': torch.get_num_threads(), 'torch': torch.__version__, 'pydicom': pydicom.__version__,

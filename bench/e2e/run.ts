@@ -36,11 +36,12 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const PY = '/usr/bin/python3';
 const DEVICE_ID = 'bench';
 const TOPIC = `imaging/${DEVICE_ID}/result`;
+const SHIPPED_BUNDLE = path.join(ROOT, 'models', 'orientation-qa');
 
 interface Variant {
   name: string;
   what: string;
-  settings: { concurrency?: number; intraOpThreads?: number; stabilityMs?: number; pollIntervalMs?: number };
+  settings: { concurrency?: number; intraOpThreads?: number; stabilityMs?: number; pollIntervalMs?: number; queueCapacity?: number };
   /** Run the agent under `node --cpu-prof` (for the breakdown only: its speed is not a result). */
   profile?: boolean;
 }
@@ -53,6 +54,9 @@ const VARIANTS: Record<string, Variant> = {
   c1t1: { name: 'c1t1', what: 'pipeline.concurrency 1, model.intraOpThreads 1', settings: { concurrency: 1, intraOpThreads: 1 } },
   fast: { name: 'fast', what: 'defaults + ingest.stabilityMs 50, ingest.pollIntervalMs 25 (write-then-rename producers)', settings: { stabilityMs: 50, pollIntervalMs: 25 } },
   fastt1: { name: 'fastt1', what: 'model.intraOpThreads 1 + ingest.stabilityMs 50, pollIntervalMs 25', settings: { intraOpThreads: 1, stabilityMs: 50, pollIntervalMs: 25 } },
+  fastq: { name: 'fastq', what: 'ingest.stabilityMs 50, pollIntervalMs 25, ingest.queueCapacity 1024 (a burst never refills through an inbox rescan)', settings: { stabilityMs: 50, pollIntervalMs: 25, queueCapacity: 1024 } },
+  fastqt1: { name: 'fastqt1', what: 'as fastq + model.intraOpThreads 1', settings: { stabilityMs: 50, pollIntervalMs: 25, queueCapacity: 1024, intraOpThreads: 1 } },
+  q: { name: 'q', what: 'defaults + ingest.queueCapacity 1024', settings: { queueCapacity: 1024 } },
   profile: { name: 'profile', what: 'shipped defaults, agent under node --cpu-prof (where the main thread spends its time; its speed is not a result)', settings: {}, profile: true },
 };
 
@@ -61,8 +65,8 @@ const { values: opt } = parseArgs({
     copies: { type: 'string', default: '4' },
     steady: { type: 'string', default: '108' },
     rate: { type: 'string', default: '20' },
-    variants: { type: 'string', default: 'default,c1,t1,c1t1,fast,fastt1,profile' },
-    bundle: { type: 'string', default: path.join(ROOT, 'models', 'orientation-qa') },
+    variants: { type: 'string', default: 'default,c1,t1,c1t1,q,fast,fastt1,fastq,fastqt1,profile' },
+    bundle: { type: 'string', default: SHIPPED_BUNDLE },
     out: { type: 'string', default: path.join(ROOT, 'bench', 'results') },
     'bare-seconds': { type: 'string', default: '5' },
     keep: { type: 'boolean', default: false },
@@ -244,11 +248,16 @@ function yamlConfig(dir: string, port: number, bundle: string, v: Variant): stri
     'ingest:',
     `  stabilityMs: ${s.stabilityMs ?? 1000}`,
     `  pollIntervalMs: ${s.pollIntervalMs ?? 250}`,
+    `  queueCapacity: ${s.queueCapacity ?? 64}`,
     'mqtt:',
     `  url: mqtt://127.0.0.1:${port}`,
     '  baseTopic: imaging',
     'model:',
-    `  bundle: ${bundle}`,
+    // the shipped bundle exactly as device-configs/default.yaml loads it (signed, development key);
+    // another bundle (--bundle, e.g. a candidate model) is loaded unsigned: bench only
+    ...(bundle === SHIPPED_BUNDLE
+      ? ['  trustedKeys: ["${EDGE_AGENT_PACKAGE}/models/keys/DEVELOPMENT-ONLY-signing-key.pub.pem"]', '  allowUnsigned: false']
+      : [`  bundle: ${bundle}`, '  allowUnsigned: true']),
     '  runtime: onnx',
     '  providers: [cpu]',
     `  intraOpThreads: ${s.intraOpThreads ?? 0}`,
@@ -741,7 +750,7 @@ function buildReport(r: ReportInput): { json: unknown; markdown: string } {
   md.push('');
   // sanity: same model, same files -> (nearly) the same labels from the agent and the Python loop
   const py = r.python[0]!;
-  const names = Object.keys(head.labelByName);
+  const names = Object.keys(head.labelByName).filter((n) => py.labels[n] !== undefined);
   const agree = names.filter((n) => py.labels[n] === head.labelByName[n]).length;
   const agreement = { files: names.length, sameLabel: agree, agentLabels: head.labels, pythonLabels: countLabels(Object.values(py.labels)), pythonGoldenMaxAbsDiff: py.goldenMaxAbsDiff, pythonWeights: py.weights };
   md.push(`Sanity: agent (\`${head.variant.name}\`) and Python loop give the same label on ${agree}/${names.length} files; torch-with-ONNX-weights vs golden logits max |diff| ${py.goldenMaxAbsDiff === null ? 'n/a' : py.goldenMaxAbsDiff.toExponential(2)}. Files processed: ${r.variants.map((v) => `\`${v.variant.name}\` ${v.doneFiles} done / ${v.quarantined} quarantined`).join(', ')}.`);
