@@ -7,7 +7,8 @@
  *
  * Why child processes (fork) and not worker threads, measured by bench/isolation on the 2-core dev box
  * (`npm run build && /usr/bin/python3 tests/fixtures/runtimes/make-tiny-cnn.py --wide /tmp/wide.onnx &&
- * node dist/bench/isolation/run.js --wide /tmp/wide.onnx`, bench/results/isolation-2026-11-30T03-34-37-404Z.json):
+ * node dist/bench/isolation/run.js --wide /tmp/wide.onnx`, bench/results/isolation-2026-11-30T03-34-37-404Z.json;
+ * a second run, isolation-2026-11-30T03-44-38-449Z.json, agrees within the machine's noise; table in docs/ARCHITECTURE.md):
  * - crash isolation: abort in a worker THREAD killed the whole agent (SIGABRT); in a child process only
  *   the child died and the agent went on. This decides it: "never crash on input from outside".
  * - per-call overhead for a 1x1x224x224 float32 tensor (196 KiB), round trip without inference, p50:
@@ -19,9 +20,10 @@
  *   in-process and 97 MB with a thread (native memory stays in the process), 62 MB with a child
  *   process (the child's ~116 MB goes back to the OS when it exits). Only a process can be measured
  *   (/proc/<pid>/statm) and killed on its own, so only a process can enforce maxWorkerRssMb.
- * - throughput on 2 cores (wide model, callers = 2 x workers): 1 process worker 370 images/s, 2
- *   workers x 1 thread 376, 2 x 2 threads 203 (oversubscribed); in-process 468-484. A second worker does
- *   not pay on 2 cores (the IPC copies compete for the same cores), so `workers: 0` means one per two cores.
+ * - throughput on 2 cores (wide model, callers = 2 x workers): 1 process worker 367-370 images/s, 2
+ *   workers x 1 thread 376-396 (+2-8%, inside the noise), 2 x 2 threads 177-203 (oversubscribed);
+ *   in-process 448-484. A second worker does not pay on 2 cores (the IPC copies compete for the same
+ *   cores), so `workers: 0` means one per two cores.
  * `thread` stays available (config) for boxes where the lower overhead matters more than crash isolation;
  * it still gets timeouts (terminate()) and restarts, but a native crash takes the agent down with it.
  */
@@ -45,7 +47,7 @@ export interface IsolationOptions {
   workers: number;
   /** A call running longer is a hang: the worker is killed and replaced, the call retried once. */
   inferenceTimeoutMs: number;
-  /** A worker whose resident memory grows past this (MB) is replaced; 0 = no limit. */
+  /** A worker process whose resident memory grows past this (MB) is replaced; 0 = no limit. Not enforced for threads. */
   maxWorkerRssMb: number;
   /** More than `count` restarts within `windowSec` seconds: the runtime is marked failed. */
   restartLimit: { count: number; windowSec: number };
@@ -473,8 +475,13 @@ export class SupervisedSession extends EventEmitter<SupervisorEvents> implements
     return slot.transport?.rss() ?? slot.lastReportedRss;
   }
 
+  /**
+   * Process mode only: a thread's native memory cannot be told apart from the agent's (its RSS report is
+   * the whole process), and replacing a thread would not return that memory anyway (bench/isolation).
+   */
   private overMemory(slot: Slot): boolean {
-    return this.opts.maxWorkerRssMb > 0 && this.rssOf(slot) > this.opts.maxWorkerRssMb * 2 ** 20;
+    if (this.opts.mode !== 'process' || this.opts.maxWorkerRssMb <= 0) return false;
+    return this.rssOf(slot) > this.opts.maxWorkerRssMb * 2 ** 20;
   }
 
   private checkIdleMemory(): void {
