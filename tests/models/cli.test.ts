@@ -314,7 +314,7 @@ describe('edge-agent infer with a bad bundle', () => {
     await unlink(path.join(dir, 'manifest.sig'));
     const cfg = path.join(await tmp(), 'c.yaml');
     await writeFile(cfg, `model:\n  bundle: ${dir}\n  trustedKeys: [${DEV_PUBLIC}]\n`);
-    const r = cli('infer', '--config', cfg, path.join(ROOT, 'tests/fixtures/models/pydicom-CT_small.dcm'));
+    const r = cli('infer', '--config', cfg, path.join(ROOT, 'tests/fixtures/dicom/pydicom_CT_small.dcm'));
     expect(r.status).toBe(1);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(/cannot load model .*bundle is unsigned: no manifest\.sig/);
