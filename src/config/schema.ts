@@ -194,7 +194,10 @@ export const configSchema = {
           description:
             'where inference runs: supervised child processes (a runtime crash kills only the worker), worker threads (a native crash kills the agent), or none (main thread); see docs/ARCHITECTURE.md "Inference isolation"',
         },
-        workers: { type: 'integer', minimum: 0, maximum: 64, default: 0, description: 'inference workers in the pool; 0: one per two cores (at least one)' },
+        workers: {
+          type: 'integer', minimum: 0, maximum: 64, default: 0, 'x-restart': true,
+          description: 'inference workers in the pool; 0: one per two cores (at least one). With intraOpThreads 0, each worker gets cores / workers threads',
+        },
         inferenceTimeoutMs: {
           type: 'integer', minimum: 100, maximum: 3600000, default: 10000,
           description: 'a call running longer is a hang: its worker is killed and replaced, the call retried once',
