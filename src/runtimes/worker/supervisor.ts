@@ -256,10 +256,11 @@ let nextCallId = 1;
  *   maxWorkerRssMb, and a replacement is starting after an exponential backoff.
  * - `failed` (RuntimeFailedEvent): more than restartLimit.count restarts within restartLimit.windowSec.
  *   Every worker is stopped; queued and later calls reject with SupervisorError code `runtime-failed`.
- *   The agent publishes an error and loads the model with the next runtime in its preference list.
+ *   The agent logs it and publishes an error (code 'runtime-failed'); falling back to the next runtime
+ *   in the preference list belongs in that handler.
  *
- * A call in flight when its worker dies is retried on a fresh worker. Before that retry, the fresh worker
- * runs a zero-input canary of the same shape: if the canary kills it too, the runtime is at fault (the
+ * A call in flight when its worker dies goes back to the head of the queue (the next free worker takes
+ * it). The replacement worker first runs a zero-input canary of the same shape: if the canary kills it too, the runtime is at fault (the
  * call waits; restarts count toward the limit). If the canary passes and the call kills the worker again
  * (poisonAfter deaths in all), the call rejects with SupervisorError code `poison-input` and the
  * restarts it caused are not counted toward the limit: a burst of bad files must not fail a healthy runtime.
