@@ -1,6 +1,7 @@
 """One command that reproduces models/orientation-qa/ from scratch:
     nice /usr/bin/python3 models/training/build.py
-= data.py (gather + split real images) -> train.py (seeded) -> evaluate.py (held-out report) -> export.py.
+= data.py (gather + split real images) -> train.py (seeded) -> evaluate.py (held-out report) -> export.py
+-> sign_dev.mjs (DEVELOPMENT-ONLY key; see models/keys/README.md).
 Same seed and same data give the same weights on the same machine (CPU torch is deterministic here).
 """
 import os
@@ -24,3 +25,5 @@ run('data.py')
 run('train.py', '--size', SIZE, '--steps', STEPS, '--seed', SEED)
 run('evaluate.py', '--ckpt', os.path.join(HERE, '.cache', f'model_{SIZE}.pt'))
 run('export.py', '--ckpt', os.path.join(HERE, '.cache', f'model_{SIZE}.pt'))
+print('+ node sign_dev.mjs', flush=True)
+subprocess.run(['node', 'sign_dev.mjs'], cwd=HERE, check=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train import CACHE, LABELS, OrientationNet, eval_tensors, load_split  # noqa: E402
+from train import CACHE, LABELS, OrientationNet, RotationEquivariant, eval_tensors, load_split  # noqa: E402
 
 
 def load_model(ckpt_path: str):
@@ -60,8 +60,11 @@ def main() -> None:
     ap.add_argument('--ckpt', default=os.path.join(CACHE, 'model_128.pt'))
     ap.add_argument('--split', default='test')
     ap.add_argument('--json', default=None, help='also write the report as JSON here')
+    ap.add_argument('--plain', action='store_true', help='the bare CNN instead of the shipped rotation-equivariant wrapper')
     args = ap.parse_args()
     model, ck = load_model(args.ckpt)
+    if not args.plain:
+        model = RotationEquivariant(model, ck['size']).eval()
     r = evaluate(model, ck['size'], args.split)
     print_report(r)
     if args.json:

@@ -57,6 +57,29 @@ class OrientationNet(nn.Module):
         return self.head(self.features(x))
 
 
+class RotationEquivariant(nn.Module):
+    """Serving wrapper: runs the CNN on the input in all four rotations and combines the evidence,
+    out[k] = sum_j log_softmax(f(rot90(x, j)))[(k + j) % 4]. Rotating the input by 90 degrees then
+    permutes the output exactly (no inconsistent answers for the same image), and the four views vote.
+    Output: unnormalised log-probabilities; softmax gives the combined distribution."""
+
+    def __init__(self, net: nn.Module, size: int) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer('rev', torch.arange(size - 1, -1, -1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        views = [x]
+        for _ in range(3):  # numpy.rot90(k=1) on H, W: flip columns, then transpose
+            views.append(torch.index_select(views[-1], 3, self.rev).transpose(2, 3))
+        n = x.shape[0]
+        ls = torch.log_softmax(self.net(torch.cat(views, 0)), dim=1)
+        out = ls[0:n]
+        for j in range(1, 4):
+            out = out + torch.roll(ls[j * n:(j + 1) * n], shifts=-j, dims=1)
+        return out
+
+
 def macs(size: int) -> int:
     s2 = size // 2
     total = s2 * s2 * 32 * 9 + s2 * s2 * 32 * 32 * 9
