@@ -37,7 +37,11 @@ function load(file: string | undefined, cli: CliOverrides = {}, checkFiles = tru
 const program = new Command()
   .name('edge-agent')
   .description('Edge inference agent for medical imaging: watch captures, classify, publish over MQTT')
-  .version(AGENT_VERSION);
+  .version(AGENT_VERSION)
+  // Usage errors (unknown command/option, missing argument) exit 2, as the header says; help/version 0.
+  .exitOverride((err) => {
+    process.exit(err.code === 'commander.helpDisplayed' || err.code === 'commander.help' || err.code === 'commander.version' ? 0 : 2);
+  });
 
 program
   .command('run')
