@@ -1,5 +1,5 @@
 // ORT latency (batch 1) of OrientationNet ONNX exports: node models/training/latency.mjs FILE.onnx...
-// Median of 200 runs after 20 warm-up runs, at 1 and 2 intra-op threads, graph optimisation 'all'.
+// p10/median/p90 of 200 runs after 20 warm-up runs (p10 is the least disturbed on a shared machine), at 1 and 2 intra-op threads, graph optimisation 'all'.
 // Run it on an otherwise idle machine; figures are ms.
 import { createRequire } from 'node:module';
 const ort = createRequire(import.meta.url)('onnxruntime-node');
@@ -20,7 +20,7 @@ for (const file of process.argv.slice(2)) {
       t.push(performance.now() - t0);
     }
     t.sort((a, b) => a - b);
-    console.log(JSON.stringify({ file, size, threads, medianMs: +t[100].toFixed(3), p90Ms: +t[180].toFixed(3) }));
+    console.log(JSON.stringify({ file: file.split("/").pop(), size, threads, p10Ms: +t[20].toFixed(3), medianMs: +t[100].toFixed(3), p90Ms: +t[180].toFixed(3) }));
     await s.release();
   }
 }
