@@ -3,7 +3,9 @@
  * (a benchmark, not a test). Figures go into docs/ARCHITECTURE.md "Inference isolation".
  *
  *   npm run build && /usr/bin/python3 tests/fixtures/runtimes/make-tiny-cnn.py --wide /tmp/wide.onnx \
- *     && node dist/bench/isolation/run.js --wide /tmp/wide.onnx [--model models/orientation-qa/model.onnx]
+ *     && node dist/bench/isolation/run.js --wide /tmp/wide.onnx [--model FILE.onnx] [--hw 224]
+ *   shipped model (128x128 input): node dist/bench/isolation/run.js --hw 128 --model models/orientation-qa/model.onnx \
+ *     --wide models/orientation-qa/model.onnx
  *
  * 1. transfer: round trip of a 1x1x224x224 float32 tensor (50,176 values, 196 KiB)
  *    with no inference: thread + transferred ArrayBuffer, thread + SharedArrayBuffer (only a message
@@ -30,11 +32,10 @@ import { percentile } from '../e2e/stats.js';
 const HERE = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(HERE, '..', '..', '..');
 const ECHO = path.join(HERE, 'echo.js');
-const SHAPE = [1, 1, 224, 224];
-const SIZE = 224 * 224;
-
 const { values: args } = parseArgs({
   options: {
+    /** Input height = width of both models (the shipped orientation-qa takes 128). */
+    hw: { type: 'string', default: '224' },
     model: { type: 'string', default: path.join(ROOT, 'tests/fixtures/runtimes/tiny-cnn.onnx') },
     wide: { type: 'string', default: '/tmp/wide.onnx' },
     only: { type: 'string' },
@@ -44,6 +45,9 @@ const { values: args } = parseArgs({
   },
 });
 const N = Number(args.n);
+const HW = Number(args.hw);
+const SHAPE = [1, 1, HW, HW];
+const SIZE = HW * HW;
 
 function opts(threads: number): RuntimeLoadOptions {
   return { providers: ['cpu'], intraOpThreads: threads, interOpThreads: 1, graphOptimization: 'all' };
@@ -239,7 +243,7 @@ async function memoryMode(model: string, mode: 'none' | 'thread' | 'process'): P
 function memory(model: string): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const mode of ['none', 'thread', 'process']) {
-    const r = spawnSync(process.execPath, ['--expose-gc', fileURLToPath(import.meta.url), '--only', `mem:${mode}`, '--wide', model], {
+    const r = spawnSync(process.execPath, ['--expose-gc', fileURLToPath(import.meta.url), '--only', `mem:${mode}`, '--wide', model, '--hw', String(HW)], {
       encoding: 'utf8',
       timeout: 300_000,
     });
@@ -269,10 +273,10 @@ async function main(): Promise<void> {
     return;
   }
   const machine = { cpus: os.cpus().length, cpu: os.cpus()[0]?.model, node: process.version };
-  const result: Record<string, unknown> = { machine, models: { small: args.model, wide: args.wide } };
+  const result: Record<string, unknown> = { machine, models: { small: args.model, wide: args.wide }, shape: SHAPE };
   console.log(`isolation bench on ${machine.cpus} x ${machine.cpu}, node ${machine.node}`);
   result.transfer = await transfer();
-  table('1. transfer round trip, 1x1x224x224 float32, no inference (ms)', result.transfer as Record<string, Record<string, unknown>>);
+  table(`1. transfer round trip, 1x1x${HW}x${HW} float32, no inference (ms)`, result.transfer as Record<string, Record<string, unknown>>);
   result.perCallSmall = await perCall(args.model);
   table(`2a. per call, sequential, small model ${path.basename(args.model)} (ms)`, result.perCallSmall as Record<string, Record<string, unknown>>);
   result.perCallWide = await perCall(args.wide);
