@@ -108,7 +108,10 @@ export class Agent {
     const link = new MqttLink(linkOpts);
     this.link = link;
     link.on('connected', (e) => this.log.info({ reconnect: e.reconnect }, 'connected to MQTT broker'));
-    link.on('disconnected', (e) => this.log.warn({ reason: e.reason }, 'disconnected from MQTT broker; results wait in the outbox'));
+    link.on('disconnected', (e) => {
+      if (this.stopping) return; // our own close at shutdown
+      this.log.warn({ reason: e.reason }, 'disconnected from MQTT broker; results wait in the outbox');
+    });
     link.on('linkError', (err) => this.log.error({ kind: err.kind, err: err.message }, 'MQTT connection problem'));
     link.attachOutbox(this.store.outbox, { window: c.mqtt.inflightWindow });
     link.start();

@@ -218,7 +218,7 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     this.opts = opts;
     this.topics = deviceTopics(opts.baseTopic, opts.deviceId);
     this.clientId = opts.clientId ?? `imaging-edge-agent-${opts.deviceId}`;
-    this.log = opts.logger.child({ component: 'mqtt', url: redactUrl(opts.url) });
+    this.log = opts.logger.child({ url: redactUrl(opts.url) });
     this.maxBufferedErrors = Math.max(0, opts.maxBufferedErrors ?? 100);
     const protocol = (() => {
       try {

@@ -233,6 +233,8 @@ describe.skipIf(skipWithoutMosquitto || !dcmtkAvailable)('agent with a real mosq
       expect(errors.find((e) => e.input.fileName === 'empty.dcm')?.code).toBe('empty-file');
       expect(errors.find((e) => e.input.fileName === 'notes.txt')?.code).toBe('unsupported-format');
       expect(errors.find((e) => e.input.fileName === 'truncated.dcm')?.code).toMatch(/truncated|corrupt/);
+      // The error goes out through the outbox first; the move and the sidecar follow.
+      await until(() => Object.keys(bad).every((n) => existsSync(path.join(dirs.quarantineDir, `${n}.json`))), 10_000, 'sidecars');
       for (const name of Object.keys(bad)) {
         expect(existsSync(path.join(dirs.quarantineDir, name))).toBe(true);
         const sidecar = JSON.parse(readFileSync(path.join(dirs.quarantineDir, `${name}.json`), 'utf8')) as { code: string; reason: string };
