@@ -12,7 +12,9 @@ runtimes run the very same weights. torch.onnx.export folded each BatchNorm into
 Conv (the ONNX graph has Conv(W, b) + Relu), so the i-th ONNX Conv's W goes into the i-th Conv2d, and
 its bias b into the following BatchNorm2d set to the identity plus b (gamma 1, running mean 0, running
 var 1 - eps, beta b). The Gemm goes into the final Linear. An unfused graph (explicit
-BatchNormalization nodes) is mapped directly. The load is checked on the manifest's golden inputs:
+BatchNormalization nodes) is mapped directly. When the manifest names the serving wrapper
+RotationEquivariant (train.py: the CNN run on the 4 rotations of the input, log-softmax votes
+combined), the loaded CNN is wrapped in that same class. The load is checked on the manifest's golden inputs:
 torch logits vs the golden logits written at export (max abs diff reported).
 
 Usage: /usr/bin/python3 bench/e2e/python_loop.py --bundle models/orientation-qa --files LIST.json
@@ -38,6 +40,7 @@ from onnx import numpy_helper
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, '..', '..'))
 sys.path.insert(0, os.path.join(ROOT, 'models', 'training'))
+import train  # noqa: E402
 from train import OrientationNet  # noqa: E402
 
 
@@ -125,6 +128,10 @@ def main() -> None:
     std = float(spec['normalisation']['std'][0])
     onnx_file = next(f for f in manifest['files'] if f['format'] == 'onnx')
     model, how = load_onnx_into_torch(os.path.join(args.bundle, onnx_file['path']), size)
+    arch = str(((manifest.get('provenance') or {}).get('architecture') or {}).get('name', ''))
+    if 'RotationEquivariant' in arch:  # the serving wrapper: the CNN on the 4 rotations, votes combined
+        model = train.RotationEquivariant(model, size).eval()
+        how['wrapper'] = 'RotationEquivariant'
     golden_diff = check_goldens(model, args.bundle, manifest)
     labels = manifest['labels']
     files = json.load(open(args.files))
