@@ -171,9 +171,11 @@ export class InboxWatcher {
           continue;
         }
         if (s.size !== t.size || s.mtimeMs !== t.mtimeMs) {
+          // First look at a file: it last changed at its mtime (a backlog or rescanned file has long
+          // been quiet and needs no fresh window); any later change restarts the window from now.
+          t.changedAt = t.size === -1 ? Math.min(t.changedAt, s.mtimeMs) : now;
           t.size = s.size;
           t.mtimeMs = s.mtimeMs;
-          t.changedAt = now;
           continue;
         }
         const quiet = Math.min(now - t.changedAt, now - s.mtimeMs);

@@ -7,6 +7,7 @@
  * `finalized` records that the file left the inbox (moved to done/ or quarantine/, or deleted), so a
  * restart between the commit and the move finishes the move instead of redoing the job.
  */
+import type Database from 'better-sqlite3';
 import type { Db } from './db.js';
 
 export type JobState = 'queued' | 'decoded' | 'inferred' | 'published' | 'failed';
@@ -90,8 +91,20 @@ export class Journal {
     this.now = now;
   }
 
+  private readonly statements = new Map<string, Database.Statement>();
+
+  /** Prepared once per SQL text (the journal runs a handful of statements per capture). */
+  private q(sql: string): Database.Statement {
+    let st = this.statements.get(sql);
+    if (!st) {
+      st = this.db.prepare(sql);
+      this.statements.set(sql, st);
+    }
+    return st;
+  }
+
   get(hash: string): Job | undefined {
-    const r = this.db.prepare('SELECT * FROM jobs WHERE hash = ?').get(hash) as JobRow | undefined;
+    const r = this.q('SELECT * FROM jobs WHERE hash = ?').get(hash) as JobRow | undefined;
     return r ? toJob(r) : undefined;
   }
 
@@ -108,7 +121,7 @@ export class Journal {
       }
       if (existing.state === 'published') {
         // Same content again: the job is done. Point the row at this copy so it can be finalized.
-        this.db.prepare('UPDATE jobs SET path = ?, finalized = 0, updated_at = ? WHERE hash = ?').run(file.path, t, file.hash);
+        this.q('UPDATE jobs SET path = ?, finalized = 0, updated_at = ? WHERE hash = ?').run(file.path, t, file.hash);
         return { outcome: 'duplicate' as const, job: this.get(file.hash)! };
       }
       if (existing.state === 'failed') {
@@ -121,17 +134,17 @@ export class Journal {
       }
       if (existing.state === 'inferred') {
         // Results are in the outbox; only the move after PUBACK remains.
-        this.db.prepare('UPDATE jobs SET path = ?, updated_at = ? WHERE hash = ?').run(file.path, t, file.hash);
+        this.q('UPDATE jobs SET path = ?, updated_at = ? WHERE hash = ?').run(file.path, t, file.hash);
         return { outcome: 'duplicate' as const, job: this.get(file.hash)! };
       }
-      this.db.prepare('UPDATE jobs SET path = ?, name = ?, updated_at = ? WHERE hash = ?').run(file.path, file.name, t, file.hash);
+      this.q('UPDATE jobs SET path = ?, name = ?, updated_at = ? WHERE hash = ?').run(file.path, file.name, t, file.hash);
       return { outcome: 'resume' as const, job: this.get(file.hash)! };
     })();
   }
 
   /** Counts a processing attempt before it starts, so a file that kills the process is not retried forever. */
   beginAttempt(hash: string): number {
-    this.db.prepare('UPDATE jobs SET attempts = attempts + 1, updated_at = ? WHERE hash = ?').run(this.now(), hash);
+    this.q('UPDATE jobs SET attempts = attempts + 1, updated_at = ? WHERE hash = ?').run(this.now(), hash);
     return this.get(hash)?.attempts ?? 0;
   }
 
@@ -145,7 +158,7 @@ export class Journal {
   complete(hash: string, messages: OutboxMessage[]): number[] {
     return this.db.transaction(() => {
       const t = this.now();
-      const insert = this.db.prepare('INSERT INTO outbox(job_hash, result_id, topic, payload, created_at) VALUES (?, ?, ?, ?, ?)');
+      const insert = this.q('INSERT INTO outbox(job_hash, result_id, topic, payload, created_at) VALUES (?, ?, ?, ?, ?)');
       const seqs = messages.map((m) => Number(insert.run(hash, m.resultId, m.topic, m.payload, t).lastInsertRowid));
       const state = messages.length > 0 ? 'inferred' : 'published';
       this.db
@@ -159,7 +172,7 @@ export class Journal {
   fail(hash: string, code: string, reason: string, message: OutboxMessage | null): void {
     this.db.transaction(() => {
       const t = this.now();
-      this.db.prepare("UPDATE jobs SET state = 'failed', error_code = ?, error = ?, updated_at = ? WHERE hash = ?").run(code, reason, t, hash);
+      this.q("UPDATE jobs SET state = 'failed', error_code = ?, error = ?, updated_at = ? WHERE hash = ?").run(code, reason, t, hash);
       if (message) {
         this.db
           .prepare('INSERT INTO outbox(job_hash, result_id, topic, payload, created_at) VALUES (?, ?, ?, ?, ?)')
@@ -176,19 +189,19 @@ export class Journal {
 
   /** Jobs to (re)run after a restart: accepted but not yet inferred. */
   unfinished(): Job[] {
-    return (this.db.prepare("SELECT * FROM jobs WHERE state IN ('queued','decoded') ORDER BY created_at, rowid").all() as JobRow[]).map(toJob);
+    return (this.q("SELECT * FROM jobs WHERE state IN ('queued','decoded') ORDER BY created_at, rowid").all() as JobRow[]).map(toJob);
   }
 
   /** Finished jobs whose file has not left the inbox yet. */
   pendingFinalize(): Job[] {
     return (
-      this.db.prepare("SELECT * FROM jobs WHERE finalized = 0 AND state IN ('published','failed') ORDER BY updated_at").all() as JobRow[]
+      this.q("SELECT * FROM jobs WHERE finalized = 0 AND state IN ('published','failed') ORDER BY updated_at").all() as JobRow[]
     ).map(toJob);
   }
 
   counts(): Record<JobState, number> {
     const out: Record<JobState, number> = { queued: 0, decoded: 0, inferred: 0, published: 0, failed: 0 };
-    for (const r of this.db.prepare('SELECT state, COUNT(*) AS n FROM jobs GROUP BY state').all() as { state: JobState; n: number }[]) {
+    for (const r of this.q('SELECT state, COUNT(*) AS n FROM jobs GROUP BY state').all() as { state: JobState; n: number }[]) {
       out[r.state] = r.n;
     }
     return out;

@@ -18,10 +18,21 @@ export class Outbox {
 
   private readonly nextStmt;
   private readonly countStmt;
+  private readonly ackTx: (seq: number) => string | undefined;
 
   constructor(private readonly db: Db) {
     this.nextStmt = db.prepare('SELECT seq, topic, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?');
     this.countStmt = db.prepare('SELECT COUNT(*) AS n FROM outbox');
+    const del = db.prepare('DELETE FROM outbox WHERE seq = ? RETURNING job_hash');
+    const left = db.prepare('SELECT 1 FROM outbox WHERE job_hash = ? LIMIT 1');
+    const publish = db.prepare("UPDATE jobs SET state = 'published', updated_at = ? WHERE hash = ? AND state = 'inferred'");
+    // PUBACK of a row: delete it and, with the last row of a job, mark the job published, atomically.
+    this.ackTx = db.transaction((seq: number): string | undefined => {
+      const row = del.get(seq) as { job_hash: string | null } | undefined;
+      const hash = row?.job_hash;
+      if (!hash || left.get(hash)) return undefined;
+      return publish.run(Date.now(), hash).changes > 0 ? hash : undefined;
+    });
   }
 
   next(afterSeq: number, limit: number): OutboxEntry[] {
@@ -29,17 +40,7 @@ export class Outbox {
   }
 
   ack(seq: number): void {
-    const published = this.db.transaction((): string | undefined => {
-      const row = this.db.prepare('DELETE FROM outbox WHERE seq = ? RETURNING job_hash').get(seq) as { job_hash: string | null } | undefined;
-      const hash = row?.job_hash;
-      if (!hash) return undefined;
-      const left = this.db.prepare('SELECT 1 FROM outbox WHERE job_hash = ? LIMIT 1').get(hash);
-      if (left) return undefined;
-      const r = this.db
-        .prepare("UPDATE jobs SET state = 'published', updated_at = ? WHERE hash = ? AND state = 'inferred'")
-        .run(Date.now(), hash);
-      return r.changes > 0 ? hash : undefined;
-    })();
+    const published = this.ackTx(seq);
     if (published) this.onJobPublished?.(published);
   }
 
