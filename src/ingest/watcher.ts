@@ -7,8 +7,9 @@
  * the same check (chokidar reports them before any write could have finished: chokidar 1100, 513).
  *
  * Backpressure: the watcher tracks at most `maxTracked` files and hands a file over only when the
- * consumer accepts it. When either is full it drops the event and remembers that it did; `resume()`
- * then rescans the inbox. The file system is the buffer, so a flood costs no memory and loses nothing.
+ * consumer accepts it. A complete file the consumer has no room for stays tracked and is offered on
+ * `resume()`; events beyond `maxTracked` are dropped and remembered, and the inbox is rescanned once
+ * there is room. The file system is the buffer, so a flood costs bounded memory and loses nothing.
  */
 import { watch, type FSWatcher } from 'chokidar';
 import { lstat, readdir, realpath, stat } from 'node:fs/promises';
@@ -115,6 +116,7 @@ export class InboxWatcher {
     this.paused = false;
     this.consumerFull = false;
     if (this.overflowed) this.rescan();
+    if (this.sweepTimer) void this.sweep(); // offer files already known complete right away
   }
 
   get trackedCount(): number {
@@ -180,22 +182,17 @@ export class InboxWatcher {
         }
         const quiet = Math.min(now - t.changedAt, now - s.mtimeMs);
         if (quiet < this.opts.stabilityMs) continue;
-        if (this.paused) {
-          this.overflowed = true;
-          this.tracked.delete(p);
-          continue;
-        }
+        // Paused or full: a complete file stays tracked (bounded by maxTracked) and is offered the
+        // moment there is room, without a new stability window.
+        if (this.paused || this.consumerFull) continue;
         const taken = this.consumer({
           path: p,
           name: path.relative(this.opts.inbox, p).split(path.sep).join('/'),
           size: s.size,
           mtimeMs: s.mtimeMs,
         });
-        this.tracked.delete(p);
-        if (!taken) {
-          this.overflowed = true;
-          this.consumerFull = true;
-        }
+        if (taken) this.tracked.delete(p);
+        else this.consumerFull = true;
       }
       // Events were dropped because too many files were tracked (not because the consumer is full):
       // once the backlog of tracked files has shrunk, look for the dropped ones.

@@ -198,7 +198,9 @@ export class Pipeline {
   }
 
   private checkRoom(): void {
-    if (this.refused && this.load < Math.max(1, Math.floor(this.opts.queueCapacity / 2))) {
+    // Ask for more once a quarter of the capacity is free: the watcher then offers files it already
+    // knows are complete, so the queue refills before it runs dry.
+    if (this.refused && this.load <= Math.max(0, Math.floor((this.opts.queueCapacity * 3) / 4))) {
       this.refused = false;
       this.events.onRoom?.();
     }
