@@ -45,6 +45,8 @@ interface Tracked {
   mtimeMs: number;
   /** When size/mtime were last seen to change (or first seen). */
   changedAt: number;
+  /** Passed the stability check; waiting to be offered. */
+  complete: boolean;
 }
 
 export function globToRegExp(glob: string): RegExp {
@@ -134,13 +136,14 @@ export class InboxWatcher {
     const prev = this.tracked.get(p);
     if (prev) {
       prev.changedAt = Date.now();
+      prev.complete = false;
       return;
     }
     if (this.tracked.size >= this.opts.maxTracked) {
       this.overflowed = true;
       return;
     }
-    this.tracked.set(p, { size: -1, mtimeMs: -1, changedAt: Date.now() });
+    this.tracked.set(p, { size: -1, mtimeMs: -1, changedAt: Date.now(), complete: false });
   }
 
   private async sweep(): Promise<void> {
@@ -149,6 +152,11 @@ export class InboxWatcher {
     try {
       const now = Date.now();
       for (const [p, t] of this.tracked) {
+        // Skip the stat when it cannot change the outcome: a file that changed less than
+        // stabilityMs ago cannot be complete yet (a further write raises an event that restarts its
+        // window), and a complete file waiting for room is stat'ed again when it is offered.
+        if (t.size !== -1 && now - t.changedAt < this.opts.stabilityMs && !this.opts.usePolling) continue;
+        if (t.complete && (this.paused || this.consumerFull)) continue;
         let s;
         try {
           s = await lstat(p);
@@ -178,10 +186,12 @@ export class InboxWatcher {
           t.changedAt = t.size === -1 ? Math.min(t.changedAt, s.mtimeMs) : now;
           t.size = s.size;
           t.mtimeMs = s.mtimeMs;
+          t.complete = false;
           continue;
         }
         const quiet = Math.min(now - t.changedAt, now - s.mtimeMs);
         if (quiet < this.opts.stabilityMs) continue;
+        t.complete = true;
         // Paused or full: a complete file stays tracked (bounded by maxTracked) and is offered the
         // moment there is room, without a new stability window.
         if (this.paused || this.consumerFull) continue;
