@@ -124,10 +124,16 @@ export class Pipeline {
     }
     this.hashing.add(file.path);
     this.pathsInFlight.add(file.path);
-    void this.intake(file).finally(() => {
-      this.hashing.delete(file.path);
-      this.checkRoom();
-    });
+    void this.intake(file)
+      .catch((err: unknown) => {
+        // e.g. the state store cannot be written: the file stays in the inbox and is offered again.
+        this.pathsInFlight.delete(file.path);
+        this.log.error({ err, file: file.name }, 'could not take the file; it stays in the inbox');
+      })
+      .finally(() => {
+        this.hashing.delete(file.path);
+        this.checkRoom();
+      });
     return true;
   }
 
@@ -182,18 +188,24 @@ export class Pipeline {
       const hash = this.queue.shift()!;
       this.running++;
       this.stats.running = this.running;
-      void this.runJob(hash).then((retry) => {
-        this.running--;
-        this.stats.running = this.running;
-        if (retry && !this.stopping) this.queue.push(hash);
-        else this.known.delete(hash);
-        this.stats.inMemory = this.known.size;
-        this.checkRoom();
-        this.pump();
-        if (this.running === 0 && (this.queue.length === 0 || this.stopping)) {
-          for (const w of this.idleWaiters.splice(0)) w();
-        }
-      });
+      void this.runJob(hash)
+        .catch((err: unknown) => {
+          // Only the journal itself failing gets here; the job stays unfinished and resumes at next start.
+          this.log.error({ err, hash: hash.slice(0, 12) }, 'job could not run');
+          return false;
+        })
+        .then((retry) => {
+          this.running--;
+          this.stats.running = this.running;
+          if (retry && !this.stopping) this.queue.push(hash);
+          else this.known.delete(hash);
+          this.stats.inMemory = this.known.size;
+          this.checkRoom();
+          this.pump();
+          if (this.running === 0 && (this.queue.length === 0 || this.stopping)) {
+            for (const w of this.idleWaiters.splice(0)) w();
+          }
+        });
     }
   }
 
