@@ -192,11 +192,19 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
 }
 
 /**
+ * A format stored as several files lists each of them (so each is hash-checked and signed); only one is
+ * what a runtime loads. TF.js: model.json is the entry point, its weight shards are the other `tfjs` entries.
+ */
+function isEntryPoint(f: ModelFileEntry): boolean {
+  return f.format !== 'tfjs' || f.path.endsWith('.json');
+}
+
+/**
  * The model file for a runtime format. With `precision`, exactly that precision; without, int8 is
  * preferred over fp32 (the quantized model is what the fleet ships for speed) when both exist.
  */
 export function selectModelFile(bundle: LoadedBundle, format: ModelFileEntry['format'], precision?: ModelFileEntry['precision']): ModelFileEntry {
-  const candidates = bundle.manifest.files.filter((f) => f.format === format && (!precision || f.precision === precision));
+  const candidates = bundle.manifest.files.filter((f) => f.format === format && isEntryPoint(f) && (!precision || f.precision === precision));
   const pick = candidates.find((f) => f.precision === 'int8') ?? candidates[0];
   if (!pick) {
     const have = bundle.manifest.files.map((f) => `${f.format}/${f.precision}`).join(', ');
