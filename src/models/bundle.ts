@@ -207,7 +207,7 @@ export function selectModelFile(bundle: LoadedBundle, format: ModelFileEntry['fo
   const candidates = bundle.manifest.files.filter((f) => f.format === format && isEntryPoint(f) && (!precision || f.precision === precision));
   const pick = candidates.find((f) => f.precision === 'int8') ?? candidates[0];
   if (!pick) {
-    const have = bundle.manifest.files.map((f) => `${f.format}/${f.precision}`).join(', ');
+    const have = [...new Set(bundle.manifest.files.filter(isEntryPoint).map((f) => `${f.format}/${f.precision}`))].join(', ');
     throw new BundleError(
       'no-model-file',
       `bundle '${bundle.manifest.id}' has no ${format}${precision ? `/${precision}` : ''} model file (has: ${have})`,

@@ -62,7 +62,7 @@ describe('loadBundle on the shipped orientation-qa bundle', () => {
 
   it('says clearly when a format or precision is not in the bundle', async () => {
     const b = await loadBundle(BUNDLE_DIR);
-    expect(() => selectModelFile(b, 'tflite')).toThrow(/has no tflite model file \(has: onnx\/fp32\)/);
+    expect(() => selectModelFile(b, 'tflite')).toThrow(/has no tflite model file \(has: onnx\/fp32, tfjs\/fp32\)/);
     expect(() => selectModelFile(b, 'onnx', 'int8')).toThrow(BundleError);
   });
 });
