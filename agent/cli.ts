@@ -15,8 +15,10 @@ import { DecodeError } from '../src/decode/types.js';
 import { createLogger } from '../src/log.js';
 import { BundleClassifier } from '../src/pipeline/classifier.js';
 import { hashFile } from '../src/pipeline/pipeline.js';
+import { SdNotifier } from '../src/systemd/notify.js';
 import { buildInput, buildResult } from '../src/pipeline/result.js';
 import { Agent, classifierOptions, decodeOptions } from './agent.js';
+import { registerDoctorCommand } from './doctor-cli.js';
 import { registerModelCommands } from './model-cli.js';
 import { AGENT_VERSION } from './version.js';
 
@@ -61,10 +63,14 @@ program
     const logger = createLogger({ level: config.logging.level, components: config.logging.components, fd: 1 });
     const log = logger.component('agent');
     const agent = new Agent(config, logger);
+    // systemd Type=notify (src/systemd/notify.ts): inert without NOTIFY_SOCKET; watchdog pings from now on.
+    const sd = SdNotifier.create({ log: logger.component('systemd') });
+    sd.startWatchdog();
     let exiting = false;
     const shutdown = (signal: string, code: number): void => {
       if (exiting) return;
       exiting = true;
+      sd.stopping(`stopping (${signal})`);
       log.info({ signal }, 'shutdown requested');
       agent
         .stop()
@@ -95,10 +101,18 @@ program
       await agent.start();
     } catch (err) {
       log.fatal({ err }, `agent could not start: ${(err as Error).message}`);
+      sd.status(`could not start: ${(err as Error).message}`);
       await agent.stop().catch(() => undefined);
       await logger.flush();
       fail(`could not start: ${(err as Error).message}`);
     }
+    // READY=1 once the model is warm, intake runs (agent.start resolved) AND the broker link is up. A broker
+    // that is down at start delays READY to its first connection; meanwhile STATUS says so, captures are
+    // journaled and results wait in the outbox (docs/DEPLOYMENT.md, the unit's TimeoutStartSec=).
+    sd.status('started; waiting for the MQTT broker (captures are taken, results wait in the outbox)');
+    void agent.whenBrokerConnected().then(() => {
+      if (!exiting) sd.ready(`running: device ${config.deviceId}, broker connected`);
+    });
   });
 
 program
@@ -166,5 +180,6 @@ program
   });
 
 registerModelCommands(program);
+registerDoctorCommand(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => fail((err as Error).message));

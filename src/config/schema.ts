@@ -42,7 +42,7 @@ export interface AgentConfig {
   };
   model: {
     bundle: string;
-    runtime: 'onnx';
+    runtime: 'onnx' | 'tfjs';
     providers: string[];
     intraOpThreads: number;
     interOpThreads: number;
@@ -170,7 +170,11 @@ export const configSchema = {
       default: {},
       properties: {
         bundle: { type: 'string', default: '', description: 'bundle directory; default: the shipped models/orientation-qa' },
-        runtime: { type: 'string', enum: ['onnx'], default: 'onnx' },
+        runtime: {
+          type: 'string', enum: ['onnx', 'tfjs'], default: 'onnx',
+          description:
+            'runtime that serves the model (the bundle must carry a file in its format). tfjs: backend tfjs-node when installed, else wasm (SIMD), else cpu; the backend in use is the result\'s model.provider',
+        },
         providers: {
           type: 'array', minItems: 1, default: ['cpu'],
           items: { type: 'string', enum: ['tensorrt', 'cuda', 'rocm', 'migraphx', 'openvino', 'dml', 'coreml', 'qnn', 'xnnpack', 'webgpu', 'cpu'] },

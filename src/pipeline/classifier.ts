@@ -4,7 +4,7 @@
  * model-specific code.
  */
 import type { ImageFrame } from '../decode/types.js';
-import type { LoadedBundle } from '../models/types.js';
+import type { LoadedBundle, ModelFileEntry } from '../models/types.js';
 import type { InferenceSessionHandle, ProviderAttempt, RuntimeLoadOptions } from '../runtimes/types.js';
 import { loadBundle, selectModelFile } from '../models/bundle.js';
 import { assertGolden, runGolden, type GoldenResult } from '../models/golden.js';
@@ -86,7 +86,8 @@ export class BundleClassifier implements Classifier {
     const bundle = await loadBundle(bundleDir, {
       manifestChecks: [signatureCheck({ trustedKeys, allowUnsigned: opts.allowUnsigned }, (s) => (signature = s))],
     });
-    const file = selectModelFile(bundle, 'onnx');
+    // The bundle file in the runtime's own format (runtime types are named after the formats they load).
+    const file = selectModelFile(bundle, opts.runtime as ModelFileEntry['format']);
     // In-process, or a supervised worker pool behind the same InferenceSessionHandle (src/runtimes/worker/).
     const session = await openSession(opts.runtime, path.join(bundle.dir, file.path), opts, opts.isolation);
     const c = new BundleClassifier(bundle, session, file.sha256, opts.maxBatch ?? 8);
