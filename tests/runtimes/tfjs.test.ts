@@ -183,7 +183,7 @@ describe('parity: the shipped model through onnx and tfjs (wasm) on the same rea
 });
 
 describe('BundleClassifier with model.runtime tfjs', () => {
-  const load = (isolation?: 'process') =>
+  const load = (isolation?: 'process' | 'thread') =>
     BundleClassifier.load(BUNDLE_DIR, {
       runtime: 'tfjs',
       ...opts(['cpu']),
@@ -195,8 +195,8 @@ describe('BundleClassifier with model.runtime tfjs', () => {
         : {}),
     });
 
-  for (const mode of [undefined, 'process'] as const) {
-    it(`${mode ? 'in a supervised worker process' : 'in process'}: loads the signed bundle's tfjs file, passes the golden check and reports runtime tfjs / provider ${tfjsNodeInstalled() ? 'tfjs-node' : 'wasm'}`, async () => {
+  for (const mode of [undefined, 'process', 'thread'] as const) {
+    it(`${mode ? `in a supervised worker ${mode}` : 'in process'}: loads the signed bundle's tfjs file, passes the golden check and reports runtime tfjs / provider ${tfjsNodeInstalled() ? 'tfjs-node' : 'wasm'}`, async () => {
       const c = await load(mode);
       try {
         expect(c.info.runtime).toBe('tfjs');
