@@ -261,6 +261,16 @@ export class Agent {
     return { ok: true, model: next.info };
   }
 
+  /**
+   * systemd integration (agent/cli.ts sends READY=1 on it): resolves once the broker link is connected,
+   * at once if it already is; never rejects (a broker down at start only delays it).
+   */
+  whenBrokerConnected(): Promise<void> {
+    const link = this.link;
+    if (!link || link.connected) return Promise.resolve();
+    return new Promise((resolve) => link.once('connected', () => resolve()));
+  }
+
   /** Stops once, in order; safe to call from several signal handlers. */
   stop(): Promise<void> {
     this.stopping ??= this.doStop();
