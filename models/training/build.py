@@ -1,6 +1,6 @@
 """One command that reproduces models/orientation-qa/ from scratch:
     nice /usr/bin/python3 models/training/build.py
-= data.py (gather + split real images) -> train.py (seeded) -> evaluate.py (held-out report) -> export.py
+= data.py (gather + split real images) -> train.py (seeded) -> evaluate.py (held-out test + ood reports) -> export.py
 -> sign_dev.mjs (DEVELOPMENT-ONLY key; see models/keys/README.md).
 Same seed and same data give the same weights on the same machine (CPU torch is deterministic here).
 """
@@ -23,7 +23,11 @@ def run(*args: str) -> None:
 
 run('data.py')
 run('train.py', '--size', SIZE, '--steps', STEPS, '--seed', SEED)
-run('evaluate.py', '--ckpt', os.path.join(HERE, '.cache', f'model_{SIZE}.pt'))
+CKPT = os.path.join(HERE, '.cache', f'model_{SIZE}.pt')
+for split in ('test', 'ood'):  # held-out report (+ JSON for the model card), shipped 4-view model and plain CNN
+    run('evaluate.py', '--ckpt', CKPT, '--split', split, '--json', os.path.join(HERE, '.cache', f'eval_{split}.json'))
+    run('evaluate.py', '--ckpt', CKPT, '--split', split, '--plain',
+        '--json', os.path.join(HERE, '.cache', f'eval_{split}_plain.json'))
 run('export.py', '--ckpt', os.path.join(HERE, '.cache', f'model_{SIZE}.pt'))
 print('+ node sign_dev.mjs', flush=True)
 subprocess.run(['node', 'sign_dev.mjs'], cwd=HERE, check=True)
