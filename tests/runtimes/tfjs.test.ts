@@ -125,6 +125,15 @@ describe('TfjsRuntime', () => {
 });
 
 describe('parity: the shipped model through onnx and tfjs (wasm) on the same real images', () => {
+  it('the TF.js files were converted from the bundle\'s current model.onnx (to_tfjs.py re-run after export.py)', async () => {
+    const { readFile } = await import('node:fs/promises');
+    const json = JSON.parse(await readFile(path.join(bundle.dir, selectModelFile(bundle, 'tfjs').path), 'utf8')) as {
+      userDefinedMetadata?: { source?: { path: string; sha256: string } };
+    };
+    const onnxFile = selectModelFile(bundle, 'onnx');
+    expect(json.userDefinedMetadata?.source).toEqual({ path: onnxFile.path, sha256: onnxFile.sha256 });
+  });
+
   it('golden inputs: same logits within the golden tolerance, and the golden check passes through tfjs', async () => {
     expect(tfjs.provider).toBe('wasm');
     const file = selectModelFile(bundle, 'tfjs');
