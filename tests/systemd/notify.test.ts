@@ -25,9 +25,9 @@ afterEach(async () => {
   for (const f of cleanup.splice(0).reverse()) await f();
 });
 
-function logTime(agent: AgentProcess, re: RegExp): number {
-  const line = agent.logs.find((l: LogLine) => re.test(l.msg));
-  if (!line) throw new Error(`no log ${re}:\n${agent.tail()}`);
+/** Time stamped on a log line. The agent writes logs asynchronously, so the line may reach us after the datagram. */
+async function logTime(agent: AgentProcess, re: RegExp): Promise<number> {
+  const line: LogLine = await agent.waitForLog(re, 5000);
   return Date.parse(line.time as string);
 }
 
@@ -66,8 +66,8 @@ describe.skipIf(!python3Available || !mosquittoAvailable)('sd_notify with the re
     const ready = sock.with('READY', '1')[0]!;
     expect(ready.fields.STATUS).toMatch(/^running: device dev-sd, broker connected$/);
     // The agent stamped these log lines before it sent READY (same clock, ms resolution).
-    expect(logTime(agent, /^agent started$/)).toBeLessThanOrEqual(ready.at);
-    expect(logTime(agent, /^connected to MQTT broker$/)).toBeLessThanOrEqual(ready.at);
+    expect(await logTime(agent, /^agent started$/)).toBeLessThanOrEqual(ready.at);
+    expect(await logTime(agent, /^connected to MQTT broker$/)).toBeLessThanOrEqual(ready.at);
 
     const pingsAtReady = sock.with('WATCHDOG', '1').length;
     await until(() => sock.with('WATCHDOG', '1').length >= pingsAtReady + 4, 10_000, 'four more WATCHDOG=1 pings');
