@@ -9,6 +9,7 @@
 import { createRequire } from 'node:module';
 import type * as OrtTypes from 'onnxruntime-node';
 import type { InferenceSessionHandle, ProviderAttempt, Runtime, RuntimeLoadOptions } from './types.js';
+import { assertInputFitsShape } from './tensor.js';
 
 type Ort = typeof OrtTypes;
 
@@ -84,10 +85,7 @@ class OnnxSession implements InferenceSessionHandle {
 
   async run(input: Float32Array, shape: number[]): Promise<{ data: Float32Array; shape: number[] }> {
     if (this.disposed) throw new Error('onnx session was disposed');
-    const expected = shape.reduce((a, b) => a * b, 1);
-    if (expected !== input.length) {
-      throw new Error(`input has ${input.length} values but shape [${shape.join(', ')}] needs ${expected}`);
-    }
+    assertInputFitsShape(input, shape);
     const tensor = new this.ort.Tensor('float32', input, shape);
     const out = await this.session.run({ [this.inputName]: tensor }, [this.outputName]);
     const t = out[this.outputName];

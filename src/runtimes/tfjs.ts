@@ -26,6 +26,7 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import type * as TfTypes from '@tensorflow/tfjs';
 import type { InferenceSessionHandle, ProviderAttempt, Runtime, RuntimeLoadOptions } from './types.js';
+import { assertInputFitsShape } from './tensor.js';
 
 type Tf = typeof TfTypes;
 type GraphModel = TfTypes.GraphModel;
@@ -181,10 +182,7 @@ class TfjsSession implements InferenceSessionHandle {
 
   async run(input: Float32Array, shape: number[]): Promise<{ data: Float32Array; shape: number[] }> {
     if (this.disposed) throw new Error('tfjs session was disposed');
-    const expected = shape.reduce((a, b) => a * b, 1);
-    if (expected !== input.length) {
-      throw new Error(`input has ${input.length} values but shape [${shape.join(', ')}] needs ${expected}`);
-    }
+    assertInputFitsShape(input, shape);
     const tf = this.tf;
     const backend = BACKENDS[this.provider]?.tfName ?? this.provider;
     if (tf.getBackend() !== backend) await activate(tf, this.provider);
