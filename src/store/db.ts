@@ -11,10 +11,11 @@
 import Database from 'better-sqlite3';
 import { mkdirSync } from 'node:fs';
 import path from 'node:path';
+import { AUDIT_SCHEMA } from './audit.js';
 
 export type Db = Database.Database;
 
-const SCHEMA_VERSION = 1;
+const SCHEMA_VERSION = 2;
 
 const MIGRATIONS: string[] = [
   `CREATE TABLE jobs (
@@ -44,6 +45,8 @@ const MIGRATIONS: string[] = [
    );
    CREATE INDEX outbox_job ON outbox(job_hash);
    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);`,
+  // 2: append-only audit log (src/store/audit.ts).
+  AUDIT_SCHEMA,
 ];
 
 export function openDatabase(stateDir: string, fileName = 'agent.db'): Db {

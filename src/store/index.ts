@@ -3,17 +3,33 @@ import { readFileSync } from 'node:fs';
 import { openDatabase, getMeta, setMeta, type Db } from './db.js';
 import { Journal } from './journal.js';
 import { Outbox } from './outbox.js';
+import { AuditLog } from './audit.js';
 
 export { Journal, type Job, type JobState, type AcceptOutcome, type OutboxMessage } from './journal.js';
 export { Outbox, type OutboxEntry } from './outbox.js';
+export {
+  AuditLog,
+  AUDIT_KINDS,
+  payloadSha256,
+  type AuditKind,
+  type AuditEntry,
+  type AuditQuery,
+  type AuditResultInput,
+  type AuditCommandInput,
+  type AuditModelChangeInput,
+  type ModelRef,
+} from './audit.js';
 
 export class StateStore {
   readonly journal: Journal;
   readonly outbox: Outbox;
+  /** Append-only record of results, commands and model changes (src/store/audit.ts). */
+  readonly audit: AuditLog;
 
   private constructor(readonly db: Db) {
     this.journal = new Journal(db);
     this.outbox = new Outbox(db);
+    this.audit = new AuditLog(db);
   }
 
   static open(stateDir: string): StateStore {

@@ -1,0 +1,232 @@
+/**
+ * Audit log: an append-only table in the state store recording every result the agent produced,
+ * every command it received, and every change of the model it serves. It answers "which model
+ * version classified this capture", "who told this device to do what" and "why did it switch models".
+ *
+ * Append-only is enforced by the database, not by convention: triggers RAISE on UPDATE and DELETE of
+ * `audit` rows. Each row also carries `hash` = sha256(previous row's hash + this row's content), a
+ * chain that `verify()` checks, so a row edited or removed behind SQLite's back (triggers dropped, file
+ * patched) shows up as a broken link. Nothing here stores patient data: inputs are content hashes,
+ * commands are payload hashes.
+ *
+ * Retention: rows are never deleted by the agent (see docs/SECURITY.md, "Audit log", for the size per
+ * record and how an operator archives and starts a fresh store).
+ */
+import { createHash } from 'node:crypto';
+import type Database from 'better-sqlite3';
+import type { Db } from './db.js';
+
+export type AuditKind = 'result' | 'command' | 'model';
+export const AUDIT_KINDS: readonly AuditKind[] = ['result', 'command', 'model'];
+
+export interface ModelRef {
+  id: string;
+  version: string;
+  sha256?: string | null;
+}
+
+export interface AuditResultInput {
+  resultId: string;
+  model: ModelRef;
+  /** sha256 (hex, optionally `sha256:`-prefixed) of the input file's content. */
+  inputSha256: string;
+  /** Frame of a multi-frame input (default 0). */
+  frame?: number;
+  at?: Date | number;
+}
+
+export interface AuditCommandInput {
+  /** Command name (`ping`, `set-config`, ... or `desired/model`). */
+  cmd: string;
+  /** MQTT identity of the sender when the broker provides it (MQTT 5 user property), else null (unknown). */
+  sender: string | null;
+  /** sha256 (hex) of the raw payload as received. */
+  payloadSha256: string;
+  /** `ok`, `error: <reason>`, `refused: <reason>` ... */
+  outcome: string;
+  /** The request's `transaction` (or MQTT 5 correlation data, hex), if any. */
+  transaction?: string | null;
+  /** Topic the request came in on (device or group). */
+  topic?: string | null;
+  at?: Date | number;
+}
+
+export interface AuditModelChangeInput {
+  from: ModelRef | null;
+  to: ModelRef | null;
+  /** `sighup-reload`, `rollout <id>: activated`, `rollback: error rate 0.4 > 0.2`, ... */
+  reason: string;
+  /** Who caused it: `operator` (SIGHUP / CLI), `central` or the command sender's identity, `agent` (automatic rollback). */
+  actor: string;
+  at?: Date | number;
+}
+
+interface AuditCommon {
+  seq: number;
+  /** ISO time. */
+  at: string;
+  /** Link of the hash chain (hex). */
+  hash: string;
+}
+
+export type AuditEntry =
+  | (AuditCommon & { kind: 'result'; resultId: string; model: ModelRef; inputSha256: string; frame: number })
+  | (AuditCommon & {
+      kind: 'command';
+      cmd: string;
+      sender: string | null;
+      payloadSha256: string;
+      outcome: string;
+      transaction: string | null;
+      topic: string | null;
+    })
+  | (AuditCommon & { kind: 'model'; from: ModelRef | null; to: ModelRef | null; reason: string; actor: string });
+
+interface AuditRow {
+  seq: number;
+  at: number;
+  kind: AuditKind;
+  data: string;
+  hash: string;
+}
+
+/** Schema (run by the store's migrations, src/store/db.ts). */
+export const AUDIT_SCHEMA = `
+  CREATE TABLE audit (
+    seq   INTEGER PRIMARY KEY AUTOINCREMENT,
+    at    INTEGER NOT NULL,
+    kind  TEXT NOT NULL CHECK (kind IN ('result','command','model')),
+    data  TEXT NOT NULL,
+    hash  TEXT NOT NULL
+  );
+  CREATE INDEX audit_at ON audit(at);
+  CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only: UPDATE refused'); END;
+  CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only: DELETE refused'); END;`;
+
+const GENESIS = '0'.repeat(64);
+
+function toMs(at: Date | number | undefined): number {
+  if (at === undefined) return Date.now();
+  return typeof at === 'number' ? at : at.getTime();
+}
+
+function modelRef(m: ModelRef | null): ModelRef | null {
+  if (!m) return null;
+  return { id: String(m.id), version: String(m.version), sha256: m.sha256 ?? null };
+}
+
+function stripSha(h: string): string {
+  return h.replace(/^sha256:/, '');
+}
+
+function linkHash(prev: string, seq: number, at: number, kind: string, data: string): string {
+  return createHash('sha256').update(`${prev}\n${seq}\n${at}\n${kind}\n${data}`).digest('hex');
+}
+
+export interface AuditQuery {
+  /** Only rows at or after this time. */
+  since?: Date | number;
+  kind?: AuditKind;
+}
+
+export class AuditLog {
+  private readonly insertStmt: Database.Statement;
+  private readonly lastStmt: Database.Statement;
+  private readonly append: (at: number, kind: AuditKind, data: string) => number;
+
+  constructor(private readonly db: Db) {
+    this.insertStmt = db.prepare('INSERT INTO audit(seq, at, kind, data, hash) VALUES (?, ?, ?, ?, ?)');
+    this.lastStmt = db.prepare('SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1');
+    // Reading the last link and inserting the next one in one (IMMEDIATE when outermost) transaction keeps
+    // the chain intact even with a second writer (a CLI) on the same file. Nested in a caller's
+    // transaction (the pipeline's result commit), it becomes a savepoint of that transaction.
+    const tx = db.transaction((at: number, kind: AuditKind, data: string): number => {
+      const last = this.lastStmt.get() as { seq: number; hash: string } | undefined;
+      const seq = (last?.seq ?? 0) + 1;
+      this.insertStmt.run(seq, at, kind, data, linkHash(last?.hash ?? GENESIS, seq, at, kind, data));
+      return seq;
+    });
+    this.append = (at, kind, data) => tx.immediate(at, kind, data);
+  }
+
+  /** A result was committed to the outbox. Returns the audit seq. */
+  result(r: AuditResultInput): number {
+    const data = JSON.stringify({
+      resultId: r.resultId,
+      model: modelRef(r.model),
+      inputSha256: stripSha(r.inputSha256),
+      frame: r.frame ?? 0,
+    });
+    return this.append(toMs(r.at), 'result', data);
+  }
+
+  /** A command (request or desired-state document) was handled, accepted or refused. */
+  command(c: AuditCommandInput): number {
+    const data = JSON.stringify({
+      cmd: c.cmd,
+      sender: c.sender ?? null,
+      payloadSha256: stripSha(c.payloadSha256),
+      outcome: c.outcome,
+      transaction: c.transaction ?? null,
+      topic: c.topic ?? null,
+    });
+    return this.append(toMs(c.at), 'command', data);
+  }
+
+  /** The serving model changed (or a change was attempted and refused: say so in `reason`). */
+  modelChange(m: AuditModelChangeInput): number {
+    const data = JSON.stringify({ from: modelRef(m.from), to: modelRef(m.to), reason: m.reason, actor: m.actor });
+    return this.append(toMs(m.at), 'model', data);
+  }
+
+  /** Entries in seq order, streamed (an export of years of rows does not load them all). */
+  *entries(q: AuditQuery = {}): Generator<AuditEntry> {
+    const where: string[] = [];
+    const args: (number | string)[] = [];
+    if (q.since !== undefined) {
+      where.push('at >= ?');
+      args.push(toMs(q.since));
+    }
+    if (q.kind) {
+      where.push('kind = ?');
+      args.push(q.kind);
+    }
+    const sql = `SELECT seq, at, kind, data, hash FROM audit ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY seq`;
+    for (const row of this.db.prepare(sql).iterate(...args) as IterableIterator<AuditRow>) {
+      yield { seq: row.seq, at: new Date(row.at).toISOString(), kind: row.kind, ...JSON.parse(row.data), hash: row.hash } as AuditEntry;
+    }
+  }
+
+  count(kind?: AuditKind): number {
+    const row = (
+      kind ? this.db.prepare('SELECT COUNT(*) AS n FROM audit WHERE kind = ?').get(kind) : this.db.prepare('SELECT COUNT(*) AS n FROM audit').get()
+    ) as { n: number };
+    return row.n;
+  }
+
+  /**
+   * Walks the hash chain. `ok: false` names the first row whose link does not follow from the one
+   * before it (edited, inserted or deleted behind the triggers' back).
+   */
+  verify(): { ok: boolean; rows: number; brokenAt: number | null } {
+    let prev = GENESIS;
+    let expectedSeq = 1;
+    let rows = 0;
+    for (const row of this.db.prepare('SELECT seq, at, kind, data, hash FROM audit ORDER BY seq').iterate() as IterableIterator<AuditRow>) {
+      if (row.seq !== expectedSeq || linkHash(prev, row.seq, row.at, row.kind, row.data) !== row.hash) {
+        return { ok: false, rows, brokenAt: row.seq };
+      }
+      prev = row.hash;
+      expectedSeq++;
+      rows++;
+    }
+    return { ok: true, rows, brokenAt: null };
+  }
+}
+
+/** sha256 hex of a payload, for `command({payloadSha256})`. */
+export function payloadSha256(payload: Uint8Array | string): string {
+  return createHash('sha256').update(payload).digest('hex');
+}
