@@ -77,6 +77,11 @@ export class Agent {
     const classifier = await BundleClassifier.load(c.model.bundle, { ...classifierOptions(c), isolation: this.isolation() });
     this.classifier = classifier;
     this.logModel(classifier);
+    // A bundle swapped while the agent was down is a model change too: audit it on the first start that serves it.
+    const audited = this.store.audit.lastModel();
+    if (audited?.sha256 !== classifier.info.sha256) {
+      this.store.audit.modelChange({ from: audited, to: classifier.info, reason: 'start', actor: 'operator' });
+    }
 
     let url = c.mqtt.url;
     let protocolVersion: 4 | 5 = 5;
@@ -212,14 +217,15 @@ export class Agent {
    * Loads the bundle at config.model.bundle again into a NEW classifier with every check (signature,
    * schema, hashes, golden outputs). On success it replaces the serving model (jobs already running finish
    * on the old one, which is then freed); on failure the current model keeps serving, and the reason is
-   * logged and published on `error`. One reload at a time (SIGHUP in `edge-agent run`).
+   * logged and published on `error`. One reload at a time (SIGHUP in `edge-agent run`). `cause` goes into
+   * the audit log, for a refused reload too (default: an operator's SIGHUP).
    */
-  reloadModel(): Promise<ReloadOutcome> {
-    this.reloading ??= this.doReload().finally(() => (this.reloading = undefined));
+  reloadModel(cause: { reason: string; actor: string } = { reason: 'sighup-reload', actor: 'operator' }): Promise<ReloadOutcome> {
+    this.reloading ??= this.doReload(cause).finally(() => (this.reloading = undefined));
     return this.reloading;
   }
 
-  private async doReload(): Promise<ReloadOutcome> {
+  private async doReload(cause: { reason: string; actor: string }): Promise<ReloadOutcome> {
     const c = this.config;
     const old = this.classifier;
     if (!this.pipeline || !old || this.stopping) return { ok: false, error: 'agent is not running' };
@@ -235,6 +241,7 @@ export class Agent {
         { bundle: c.model.bundle, reason, problems, serving: old.info },
         `model reload refused, the current model keeps serving: ${e.message}`,
       );
+      this.store?.audit.modelChange({ from: old.info, to: null, reason: `${cause.reason} refused (${reason})`, actor: cause.actor });
       this.link?.publishError({
         deviceId: c.deviceId,
         code: 'model-rejected',
@@ -255,6 +262,7 @@ export class Agent {
     this.classifier = next;
     this.pipeline.setClassifier(next);
     this.logModel(next);
+    this.store?.audit.modelChange({ from: old.info, to: next.info, reason: cause.reason, actor: cause.actor });
     this.log.info({ previous: old.info, model: next.info }, 'model reloaded');
     await this.link?.online({ version: AGENT_VERSION, model: next.info });
     await old.dispose();

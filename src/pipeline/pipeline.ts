@@ -268,7 +268,13 @@ export class Pipeline {
         });
         return { resultId: result.resultId, topic: this.opts.topics.result, payload: JSON.stringify(result) };
       });
-      this.store.journal.complete(hash, messages);
+      // Results and their audit rows commit together: an audited result is one that will be delivered.
+      this.store.db.transaction(() => {
+        this.store.journal.complete(hash, messages);
+        capture.frames.forEach((frame, i) =>
+          this.store.audit.result({ resultId: messages[i]!.resultId!, model: classifier.info, inputSha256: hash, frame: frame.index }),
+        );
+      })();
       this.stats.processed++;
       this.events.onOutbox?.();
       for (const m of messages) this.events.onResult?.(m.resultId!, job);

@@ -199,6 +199,14 @@ export class AuditLog {
     }
   }
 
+  /** The model serving after the last recorded change (`to`, or `from` when that change was refused); null when none. */
+  lastModel(): ModelRef | null {
+    const row = this.db.prepare("SELECT data FROM audit WHERE kind = 'model' ORDER BY seq DESC LIMIT 1").get() as { data: string } | undefined;
+    if (!row) return null;
+    const d = JSON.parse(row.data) as { from: ModelRef | null; to: ModelRef | null };
+    return d.to ?? d.from;
+  }
+
   count(kind?: AuditKind): number {
     const row = (
       kind ? this.db.prepare('SELECT COUNT(*) AS n FROM audit WHERE kind = ?').get(kind) : this.db.prepare('SELECT COUNT(*) AS n FROM audit').get()
