@@ -18,6 +18,7 @@ import { hashFile } from '../src/pipeline/pipeline.js';
 import { SdNotifier } from '../src/systemd/notify.js';
 import { buildInput, buildResult } from '../src/pipeline/result.js';
 import { Agent, classifierOptions, decodeOptions } from './agent.js';
+import { registerAuditCommands } from './audit-cli.js';
 import { registerDoctorCommand } from './doctor-cli.js';
 import { registerModelCommands } from './model-cli.js';
 import { AGENT_VERSION } from './version.js';
@@ -181,5 +182,6 @@ program
 
 registerModelCommands(program);
 registerDoctorCommand(program);
+registerAuditCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => fail((err as Error).message));

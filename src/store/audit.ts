@@ -12,8 +12,10 @@
  * Retention: rows are never deleted by the agent (see docs/SECURITY.md, "Audit log", for the size per
  * record and how an operator archives and starts a fresh store).
  */
+import Database from 'better-sqlite3';
 import { createHash } from 'node:crypto';
-import type Database from 'better-sqlite3';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import type { Db } from './db.js';
 
 export type AuditKind = 'result' | 'command' | 'model';
@@ -237,4 +239,38 @@ export class AuditLog {
 /** sha256 hex of a payload, for `command({payloadSha256})`. */
 export function payloadSha256(payload: Uint8Array | string): string {
   return createHash('sha256').update(payload).digest('hex');
+}
+
+const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000 };
+
+/**
+ * `--since` of `edge-agent audit export`: an ISO 8601 time (`2026-01-31`, `2026-01-31T08:00:00Z`) or a
+ * duration back from `now` (`90s`, `15m`, `12h`, `30d`, `2w`). Throws on anything else.
+ */
+export function parseSince(value: string, now = Date.now()): number {
+  const v = value.trim();
+  const d = /^(\d+(?:\.\d+)?)\s*([smhdw])$/i.exec(v);
+  if (d) return now - Number(d[1]) * UNIT_MS[d[2]!.toLowerCase()]!;
+  if (/^\d{4}-\d{2}-\d{2}/.test(v)) {
+    const t = Date.parse(v);
+    if (!Number.isNaN(t)) return t;
+  }
+  throw new Error(`--since ${JSON.stringify(value)}: expected an ISO time (2026-01-31T08:00:00Z) or a duration (90s, 15m, 12h, 30d, 2w)`);
+}
+
+/**
+ * Opens a state store's audit log read-only (the agent may be running: WAL lets both work). Never
+ * migrates or creates anything; a store without an audit table (written by an older agent) is an error.
+ */
+export function openAuditReadOnly(stateDir: string, fileName = 'agent.db'): { audit: AuditLog; close: () => void } {
+  const file = path.join(stateDir, fileName);
+  if (!existsSync(file)) throw new Error(`no state store at ${file}`);
+  const db = new Database(file, { readonly: true, fileMustExist: true });
+  db.pragma('busy_timeout = 5000');
+  const has = db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").get();
+  if (!has) {
+    db.close();
+    throw new Error(`state store ${file} has no audit log yet (written by an agent before schema 2; start the agent once to migrate)`);
+  }
+  return { audit: new AuditLog(db), close: () => db.close() };
 }

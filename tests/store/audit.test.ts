@@ -3,6 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { parseSince } from '../../src/store/audit.js';
 import { StateStore, payloadSha256 } from '../../src/store/index.js';
 
 function open(): { dir: string; s: StateStore } {
@@ -113,5 +114,21 @@ describe('audit log', () => {
     s.audit.modelChange({ from: null, to: model, reason: 'start', actor: 'agent' });
     expect(s.audit.count()).toBe(1);
     s.close();
+  });
+});
+
+describe('parseSince (audit export --since)', () => {
+  const now = Date.parse('2026-03-01T12:00:00Z');
+  it('takes durations back from now and ISO times', () => {
+    expect(parseSince('90s', now)).toBe(now - 90_000);
+    expect(parseSince('15m', now)).toBe(now - 15 * 60_000);
+    expect(parseSince('12h', now)).toBe(now - 12 * 3_600_000);
+    expect(parseSince('30d', now)).toBe(now - 30 * 86_400_000);
+    expect(parseSince('2w', now)).toBe(now - 14 * 86_400_000);
+    expect(parseSince('2026-01-31T08:00:00Z', now)).toBe(Date.parse('2026-01-31T08:00:00Z'));
+    expect(parseSince('2026-01-31', now)).toBe(Date.parse('2026-01-31'));
+  });
+  it('refuses anything else with the accepted forms in the message', () => {
+    for (const bad of ['yesterday', '10', '5y', '2026-13-45', '']) expect(() => parseSince(bad, now)).toThrow(/ISO time .* or a duration/);
   });
 });
