@@ -29,11 +29,21 @@
  *
  * Nothing is published while disconnected: MQTT.js would queue it in memory. Errors published while
  * offline wait in a small bounded buffer (oldest dropped, counted): they are in the logs as well.
+ *
+ * Subscriptions (commands, desired state): `subscribe(filter, handler)` registers a handler per filter.
+ * With a clean start the broker forgets subscriptions with the connection, so the link subscribes every
+ * registered filter again (QoS 1) on every connect, before `connected` is emitted; a refused filter
+ * (SUBACK 0x80+, e.g. an ACL) is logged and emitted as `subscribeRefused`. Inbound payloads are hostile
+ * input: each has a size limit (default MAX_REQUEST_BYTES, 64 KiB); a bigger one is dropped with a warning
+ * and handed to the subscription's `onOversize` (the command router answers it with an error). On MQTT 5
+ * the CONNECT also declares a Maximum Packet Size (1 MiB by default), so the broker never even sends us a
+ * larger packet. A handler that throws or rejects is logged, never a crash.
  */
 import { EventEmitter } from 'node:events';
 import mqtt from 'mqtt';
 import type { IClientOptions, IConnackPacket, IDisconnectPacket, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
+import type { IPublishPacket } from 'mqtt';
 import { assertPublishTopic, deviceTopics, publishTopicProblem, type DeviceTopics } from './topics.js';
 import type { OutboxRow, OutboxSource, StatePayload } from './types.js';
 
@@ -73,7 +83,85 @@ export interface MqttLinkOptions {
   protocolVersion?: 4 | 5;
   /** Errors kept while offline, oldest dropped first; default 100. */
   maxBufferedErrors?: number;
+  /** MQTT 5 Maximum Packet Size declared in CONNECT: the broker drops bigger packets meant for us. Default 1 MiB. */
+  maxIncomingPacketBytes?: number;
   logger: Logger;
+}
+
+/**
+ * Default size limit of an inbound payload: the fleet protocol's MAX_REQUEST_BYTES (src/fleet/protocol.ts;
+ * tests/mqtt/subscribe.test.ts checks they agree). Kept here so src/mqtt does not depend on src/fleet.
+ */
+export const DEFAULT_MAX_INBOUND_BYTES = 64 * 1024;
+
+/** A message that arrived on a subscribed filter. */
+export interface InboundMessage {
+  topic: string;
+  /** The raw payload (empty for an oversized message handed to `onOversize`). */
+  payload: Buffer;
+  /** Size of the payload as received, in bytes. */
+  bytes: number;
+  retain: boolean;
+  /** MQTT 5 Response Topic, when the sender set one. */
+  responseTopic?: string;
+  /** MQTT 5 Correlation Data, when the sender set it. */
+  correlationData?: Buffer;
+  /** MQTT 5 User Properties, when present. */
+  userProperties?: Record<string, string | string[]>;
+}
+
+export type MessageHandler = (message: InboundMessage) => void | Promise<void>;
+
+export interface SubscribeOptions {
+  /** Largest payload accepted; default DEFAULT_MAX_INBOUND_BYTES (64 KiB, the fleet protocol's MAX_REQUEST_BYTES). */
+  maxBytes?: number;
+  /** Called (instead of the handler) for a payload over `maxBytes`, with an empty `payload`. */
+  onOversize?: (message: InboundMessage) => void;
+}
+
+export interface PublishOptions {
+  retain?: boolean;
+  /** MQTT 5 Correlation Data (ignored on MQTT 3.1.1). */
+  correlationData?: Buffer;
+  /** MQTT 5 Content Type (ignored on MQTT 3.1.1). */
+  contentType?: string;
+}
+
+interface Subscription {
+  filter: string;
+  handler: MessageHandler;
+  maxBytes: number;
+  onOversize: ((message: InboundMessage) => void) | undefined;
+}
+
+/** Why `filter` is not a valid subscription filter, or null when it is. */
+export function subscriptionFilterProblem(filter: string): string | null {
+  if (typeof filter !== 'string' || filter.length === 0) return 'is empty';
+  if (filter.includes('\u0000')) return 'contains a NUL character';
+  const levels = filter.split('/');
+  for (let i = 0; i < levels.length; i++) {
+    const level = levels[i]!;
+    if (level.includes('#') && (level !== '#' || i !== levels.length - 1)) return "uses '#' other than as the whole last level";
+    if (level.includes('+') && level !== '+') return "uses '+' other than as a whole level";
+  }
+  return null;
+}
+
+/** True when `topic` matches the subscription `filter` (`+` one level, `#` the rest). */
+export function topicMatches(filter: string, topic: string): boolean {
+  const f = filter.split('/');
+  const t = topic.split('/');
+  for (let i = 0; i < f.length; i++) {
+    const level = f[i]!;
+    if (level === '#') return !(i === 0 && topic.startsWith('$'));
+    if (i >= t.length) return false;
+    if (level === '+') {
+      if (i === 0 && t[0]!.startsWith('$')) return false;
+      continue;
+    }
+    if (level !== t[i]) return false;
+  }
+  return f.length === t.length;
 }
 
 export interface AttachOutboxOptions {
@@ -120,6 +208,10 @@ export interface MqttLinkEvents {
   linkError: [MqttLinkError];
   /** The broker refused an outbox row (PUBACK reason >= 0x80) or its topic is invalid; it is retried. */
   rejected: [RejectedEvent];
+  /** Every registered filter was (re)subscribed on this connection (SUBACK received). */
+  subscribed: [{ filters: string[]; refused: string[] }];
+  /** The broker refused a subscription (SUBACK reason >= 0x80, e.g. not allowed by its ACL). */
+  subscribeRefused: [{ filter: string; code: number }];
 }
 
 export interface MqttLinkStatus {
@@ -212,6 +304,8 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
   private readonly retryTimers = new Set<NodeJS.Timeout>();
   private flushWaiters: FlushWaiter[] = [];
   private readonly connectWaiters = new Set<{ resolve: () => void; reject: (err: Error) => void }>();
+  private readonly subscriptions = new Map<string, Subscription>();
+  private dropped = 0;
 
   constructor(opts: MqttLinkOptions) {
     super();
@@ -257,10 +351,13 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
       // A refused CONNACK (e.g. a password not yet rolled out to the broker) is retried like an outage;
       // the refusal is surfaced through `linkError`, status() and waitForConnection().
       reconnectOnConnackError: true,
-      resubscribe: true,
+      // The link subscribes its registered filters itself on every connect (it must know the SUBACKs).
+      resubscribe: false,
       will,
     };
-    if ((o.protocolVersion ?? 5) === 5) options.properties = { sessionExpiryInterval: 0 };
+    if ((o.protocolVersion ?? 5) === 5) {
+      options.properties = { sessionExpiryInterval: 0, maximumPacketSize: o.maxIncomingPacketBytes ?? 1024 * 1024 };
+    }
     if (o.username !== undefined) options.username = o.username;
     if (o.password !== undefined) options.password = o.password;
     if (o.tls !== undefined) {
@@ -277,6 +374,43 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     client.on('close', () => this.onClose(client));
     client.on('error', (err) => this.onError(err));
     client.on('disconnect', (packet) => this.onServerDisconnect(packet));
+    client.on('message', (topic, payload, packet) => this.onMessage(client, topic, payload, packet));
+  }
+
+  /**
+   * Registers `handler` for messages on `filter` (QoS 1) and subscribes now when connected; the link
+   * subscribes it again after every reconnect. One handler per filter (a second call replaces it).
+   * Returns a function that unsubscribes.
+   */
+  subscribe(filter: string, handler: MessageHandler, opts: SubscribeOptions = {}): () => void {
+    const problem = subscriptionFilterProblem(filter);
+    if (problem !== null) throw new MqttLinkError(`invalid MQTT subscription filter ${JSON.stringify(filter)}: it ${problem}`, 'protocol');
+    const maxBytes = opts.maxBytes ?? DEFAULT_MAX_INBOUND_BYTES;
+    if (!Number.isInteger(maxBytes) || maxBytes < 0) throw new RangeError(`maxBytes must be a non-negative integer, got ${maxBytes}`);
+    const sub: Subscription = { filter, handler, maxBytes, onOversize: opts.onOversize };
+    const existed = this.subscriptions.has(filter);
+    this.subscriptions.set(filter, sub);
+    if (!existed && this.isConnected) this.subscribeOn(this.client, [filter]);
+    return () => {
+      if (this.subscriptions.get(filter) !== sub) return;
+      this.subscriptions.delete(filter);
+      const client = this.client;
+      if (this.isConnected && client !== undefined) {
+        client.unsubscribe(filter, (err?: Error) => {
+          if (err) this.log.warn({ err, filter }, 'unsubscribe failed');
+        });
+      }
+    };
+  }
+
+  /** Filters registered with subscribe(). */
+  get subscribedFilters(): string[] {
+    return [...this.subscriptions.keys()];
+  }
+
+  /** Inbound messages dropped for their size since start. */
+  get droppedMessages(): number {
+    return this.dropped;
   }
 
   /**
@@ -361,9 +495,9 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
    * Publishes one message now (QoS 1). Resolves on PUBACK; rejects when offline (nothing is queued in
    * memory) or when the topic holds a wildcard. For durable messages use the outbox.
    */
-  publish(topic: string, payload: string | Buffer, opts: { retain?: boolean } = {}): Promise<void> {
+  publish(topic: string, payload: string | Buffer, opts: PublishOptions = {}): Promise<void> {
     assertPublishTopic(topic);
-    return this.publishIfConnected(topic, payload, opts.retain ?? false, true);
+    return this.publishIfConnected(topic, payload, opts.retain ?? false, true, opts);
   }
 
   /** Attaches the durable outbox and starts delivering from its oldest row. */
@@ -494,8 +628,67 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     this.bufferedErrors = [];
     if (this.droppedErrors > 0) this.log.warn({ dropped: this.droppedErrors }, 'errors dropped while the broker was unreachable');
     for (const text of buffered) this.send(this.topics.error, text, false, 'error');
+    // A clean start: the broker forgot our subscriptions with the old connection.
+    if (this.subscriptions.size > 0) this.subscribeOn(client, [...this.subscriptions.keys()]);
     this.emit('connected', { reconnect, sessionPresent: packet.sessionPresent, window: this.window });
     this.pump();
+  }
+
+  private subscribeOn(client: MqttClient | undefined, filters: string[]): void {
+    if (client === undefined || filters.length === 0) return;
+    const gen = this.generation;
+    const request: Record<string, { qos: 1 }> = {};
+    for (const f of filters) request[f] = { qos: 1 };
+    client.subscribe(request, (err, granted) => {
+      if (gen !== this.generation) return; // that connection is gone; the next connect subscribes again
+      if (err) {
+        this.log.warn({ err, filters }, 'subscribe failed; retried on the next connect');
+        return;
+      }
+      const refused: string[] = [];
+      for (const g of granted ?? []) {
+        if (g.qos >= 0x80) {
+          refused.push(g.topic);
+          this.log.error({ filter: g.topic, code: g.qos }, `MQTT broker refused the subscription to ${g.topic} (reason code ${g.qos}; check its ACL)`);
+          if (this.listenerCount('subscribeRefused') > 0) this.emit('subscribeRefused', { filter: g.topic, code: g.qos });
+        }
+      }
+      this.log.debug({ filters, refused }, 'subscribed');
+      this.emit('subscribed', { filters, refused });
+    });
+  }
+
+  private onMessage(client: MqttClient, topic: string, payload: Buffer, packet: IPublishPacket): void {
+    if (client !== this.client || this.closed) return;
+    const props = packet.properties;
+    const base = {
+      topic,
+      bytes: payload.length,
+      retain: packet.retain,
+      ...(typeof props?.responseTopic === 'string' ? { responseTopic: props.responseTopic } : {}),
+      ...(Buffer.isBuffer(props?.correlationData) ? { correlationData: props.correlationData } : {}),
+      ...(props?.userProperties !== undefined ? { userProperties: props.userProperties } : {}),
+    };
+    for (const sub of this.subscriptions.values()) {
+      if (!topicMatches(sub.filter, topic)) continue;
+      if (payload.length > sub.maxBytes) {
+        this.dropped++;
+        this.log.warn({ topic, bytes: payload.length, limit: sub.maxBytes }, `inbound message over the ${sub.maxBytes}-byte limit dropped`);
+        if (sub.onOversize) this.runHandler(sub, () => sub.onOversize!({ ...base, payload: Buffer.alloc(0) }));
+        continue;
+      }
+      this.runHandler(sub, () => sub.handler({ ...base, payload }));
+    }
+  }
+
+  /** Runs a handler so that a throw or a rejection is logged, never an uncaught error. */
+  private runHandler(sub: Subscription, fn: () => void | Promise<void>): void {
+    try {
+      const r = fn();
+      if (r instanceof Promise) r.catch((err: unknown) => this.log.error({ err, filter: sub.filter }, 'message handler failed'));
+    } catch (err) {
+      this.log.error({ err, filter: sub.filter }, 'message handler failed');
+    }
   }
 
   private onClose(client: MqttClient): void {
@@ -566,13 +759,19 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     });
   }
 
-  private publishIfConnected(topic: string, payload: string | Buffer, retain: boolean, rejectOffline = false): Promise<void> {
+  private publishIfConnected(topic: string, payload: string | Buffer, retain: boolean, rejectOffline = false, extra: PublishOptions = {}): Promise<void> {
     const client = this.client;
     if (!this.isConnected || client === undefined) {
       return rejectOffline ? Promise.reject(new MqttLinkError(`not connected to MQTT broker; ${topic} not published`, 'network')) : Promise.resolve();
     }
+    const options: { qos: 1; retain: boolean; properties?: { correlationData?: Buffer; contentType?: string } } = { qos: 1, retain };
+    if ((this.opts.protocolVersion ?? 5) === 5 && (extra.correlationData !== undefined || extra.contentType !== undefined)) {
+      options.properties = {};
+      if (extra.correlationData !== undefined) options.properties.correlationData = extra.correlationData;
+      if (extra.contentType !== undefined) options.properties.contentType = extra.contentType;
+    }
     return new Promise<void>((resolve, reject) => {
-      client.publish(topic, payload, { qos: 1, retain }, (err) => {
+      client.publish(topic, payload, options, (err) => {
         if (err) reject(err);
         else resolve();
       });
