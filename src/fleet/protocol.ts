@@ -176,6 +176,10 @@ export interface ModelState {
   shadow?: { compared: number; agreement: number } | null;
   /** Download progress in bytes. */
   progress?: { bytes: number; total: number } | null;
+  /** rolled-back / failed: the step that failed (`idle` for a document refused before any step). */
+  failedPhase?: ModelPhase;
+  /** rolled-back / failed: machine-readable cause, e.g. `hash-mismatch`, `bad-signature`, `golden-mismatch`, `low-agreement`, `error-rate`. */
+  code?: string;
   at: string;
 }
 
