@@ -36,6 +36,12 @@ export interface MosquittoOptions {
   allowAnonymous?: boolean;
   /** Keep sessions and retained messages across restarts in the temp dir (default false). */
   persistence?: boolean;
+  /**
+   * The whole config instead of the generated one (e.g. a shipped mosquitto.conf with paths and ports
+   * substituted); it must listen on `port` at 127.0.0.1 and log to stderr. `user root` is still
+   * prepended when running as root. The other options are then ignored.
+   */
+  configText?: (ctx: { port: number; dir: string }) => string;
 }
 
 export interface Mosquitto {
@@ -65,6 +71,11 @@ export async function startMosquitto(opts: MosquittoOptions = {}): Promise<Mosqu
   let port = opts.port ?? (await freePort());
   const confPath = join(dir, 'mosquitto.conf');
   const writeConf = (): void => {
+    if (opts.configText) {
+      const root = process.getuid?.() === 0 ? 'user root\n' : '';
+      writeFileSync(confPath, root + opts.configText({ port, dir }) + '\n');
+      return;
+    }
     const lines = [
       ...(process.getuid?.() === 0 ? ['user root'] : []),
       ...(opts.persistence === true ? ['persistence true', `persistence_location ${dir}/`] : ['persistence false']),
