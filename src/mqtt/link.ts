@@ -39,6 +39,7 @@
  * the CONNECT also declares a Maximum Packet Size (1 MiB by default), so the broker never even sends us a
  * larger packet. A handler that throws or rejects is logged, never a crash.
  */
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import mqtt from 'mqtt';
 import type { IClientOptions, IConnackPacket, IDisconnectPacket, MqttClient } from 'mqtt';
@@ -108,6 +109,8 @@ export interface InboundMessage {
   correlationData?: Buffer;
   /** MQTT 5 User Properties, when present. */
   userProperties?: Record<string, string | string[]>;
+  /** sha256 (hex) of the dropped payload, on an oversized message handed to `onOversize` (for the audit log). */
+  droppedSha256?: string;
 }
 
 export type MessageHandler = (message: InboundMessage) => void | Promise<void>;
@@ -674,7 +677,8 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
       if (payload.length > sub.maxBytes) {
         this.dropped++;
         this.log.warn({ topic, bytes: payload.length, limit: sub.maxBytes }, `inbound message over the ${sub.maxBytes}-byte limit dropped`);
-        if (sub.onOversize) this.runHandler(sub, () => sub.onOversize!({ ...base, payload: Buffer.alloc(0) }));
+        const droppedSha256 = createHash('sha256').update(payload).digest('hex');
+        if (sub.onOversize) this.runHandler(sub, () => sub.onOversize!({ ...base, payload: Buffer.alloc(0), droppedSha256 }));
         continue;
       }
       this.runHandler(sub, () => sub.handler({ ...base, payload }));
