@@ -75,6 +75,10 @@ export const manifestSchema = {
           precision: { enum: ['fp32', 'int8'] },
           sha256: { type: 'string', pattern: '^[0-9a-f]{64}$' },
           size: { type: 'integer', minimum: 1 },
+          // Max abs difference this file's outputs may have from the golden logits (./golden.ts), e.g. an
+          // int8 file checked against fp32 references; and how the file was made (converter, ranges).
+          goldenTolerance: { type: 'number', exclusiveMinimum: 0 },
+          provenance: { type: 'object' },
         },
       },
     },
