@@ -1,1 +1,1 @@
-{"alg":"ed25519","keyId":"3cdf0fc27f7bd2b3","sig":"OLCoXhnngqPy4Qox4CeX26Qf4hvTtIN2dICyGARYrA4ZTfFmnw+WF0IgRUKrQESPm01BjM/niZcDTxJHjbpWBA=="}
+{"alg":"ed25519","keyId":"3cdf0fc27f7bd2b3","sig":"S3wJfVVUeXCA2xUOwR6zQymeFmPRbNhItxR4YQR8AoolWSqGabR7A7tSXahztTxQ4OxVJKFNSil7rAYYmotPDQ=="}
