@@ -11,11 +11,11 @@ import { mkdir, readFile, rename, copyFile, unlink, writeFile, stat } from 'node
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { decodeBuffer } from '../decode/index.js';
-import { DecodeError, type DecodeOptions, type DecodedCapture } from '../decode/types.js';
+import { DecodeError, type DecodeOptions, type DecodedCapture, type ImageFrame } from '../decode/types.js';
 import type { CompleteFile } from '../ingest/watcher.js';
 import type { Job, StateStore, OutboxMessage } from '../store/index.js';
 import type { Classifier } from './classifier.js';
-import { buildInput, buildResult, type ErrorReport, type PrivacyOptions } from './result.js';
+import { buildInput, buildResult, type ErrorReport, type ModelInfo, type PrivacyOptions } from './result.js';
 
 export interface PipelineOptions {
   deviceId: string;
@@ -39,6 +39,11 @@ export interface PipelineEvents {
   onRoom?: () => void;
   onResult?: (resultId: string, job: Job) => void;
   onFailure?: (code: string, job: Job) => void;
+  /**
+   * A capture was classified and its results committed (model rollout: shadow comparison and the error
+   * rate after activation, src/fleet/rollout.ts). Called synchronously; must not throw or block.
+   */
+  onClassified?: (e: { frames: ImageFrame[]; probabilities: number[][]; labels: string[]; model: ModelInfo }) => void;
 }
 
 export interface PipelineStats {
@@ -278,6 +283,7 @@ export class Pipeline {
       this.stats.processed++;
       this.events.onOutbox?.();
       for (const m of messages) this.events.onResult?.(m.resultId!, job);
+      this.events.onClassified?.({ frames: capture.frames, probabilities: out.probabilities, labels: classifier.labels, model: classifier.info });
       log.debug({ results: messages.length, ms: Math.round(t3 - t0) }, 'classified');
       return false;
     } catch (err) {
