@@ -97,7 +97,9 @@ describe('systemd unit and the device configs agree', () => {
   const unitText = readFileSync(UNIT, 'utf8');
   const credentials = [...unitText.matchAll(/^LoadCredential=([^:]+):/gm)].map((m) => m[1]);
   const configs = [
-    ...readdirSync('device-configs').map((f) => path.join('device-configs', f)),
+    ...readdirSync('device-configs')
+      .filter((f) => f.endsWith('.yaml'))
+      .map((f) => path.join('device-configs', f)),
     'systemd/agent.yaml',
   ];
 
