@@ -7,7 +7,8 @@
  *    log lines (e.g. which shared library is missing) can be read back as part of the reason;
  *  - tfjs: each backend is initialised (tfjs-node, tfjs-node-gpu, wasm with its SIMD/threads status,
  *    webgpu, cpu);
- *  - tflite: not in this build yet.
+ *  - tflite: LiteRT.js's WASM module is loaded and each accelerator reported (wasm/XNNPACK with the
+ *    build it picked, webgpu, webnn); hardware delegates are not reachable from Node's WASM build.
  * Used by `edge-agent doctor` (agent/doctor-cli.ts).
  */
 import { spawn } from 'node:child_process';
@@ -17,6 +18,7 @@ import os from 'node:os';
 import { OnnxRuntime } from './onnx.js';
 import type { RuntimeRegistry } from './registry.js';
 import { TfjsRuntime } from './tfjs.js';
+import { HARDWARE_DELEGATES_NOTE, TfliteRuntime } from './tflite.js';
 
 /** Every execution provider name the device config accepts (model.providers), in the schema's order. */
 export const CONFIG_PROVIDERS = ['tensorrt', 'cuda', 'rocm', 'migraphx', 'openvino', 'dml', 'coreml', 'qnn', 'xnnpack', 'webgpu', 'cpu'] as const;
@@ -34,7 +36,7 @@ export interface RuntimeStatus {
   available: boolean;
   version?: string;
   reason?: string;
-  /** onnx: execution providers; tfjs: backends. */
+  /** onnx: execution providers; tfjs: backends; tflite: LiteRT.js accelerators. */
   providers: ProviderStatus[];
   note?: string;
 }
@@ -172,6 +174,22 @@ async function tfjsStatus(): Promise<RuntimeStatus> {
   return status;
 }
 
+async function tfliteStatus(): Promise<RuntimeStatus> {
+  const rt = new TfliteRuntime();
+  const p = await rt.probe();
+  const status: RuntimeStatus = { type: 'tflite', available: p.available, providers: [] };
+  if (p.version) status.version = `@litertjs/core ${p.version}`;
+  if (p.reason) status.reason = p.reason;
+  for (const a of await rt.accelerators()) {
+    const s: ProviderStatus = { name: a.name, available: a.available };
+    if (a.reason) s.reason = a.reason;
+    if (a.detail) s.detail = a.detail;
+    status.providers.push(s);
+  }
+  status.note = HARDWARE_DELEGATES_NOTE;
+  return status;
+}
+
 function gpuDevices(): string[] {
   const gpus: string[] = [];
   try {
@@ -204,12 +222,13 @@ export function machineFacts(): MachineFacts {
   };
 }
 
-/** Probes every runtime in `registry` (and tflite, which this build lacks). Never throws. */
+/** Probes every runtime in `registry` (and says so when tflite is not registered). Never throws. */
 export async function diagnose(registry: RuntimeRegistry, opts: { providerTimeoutMs?: number } = {}): Promise<DoctorReport> {
   const runtimes: RuntimeStatus[] = [];
   for (const type of registry.types()) {
     if (type === 'onnx') runtimes.push(await onnxStatus(opts.providerTimeoutMs ?? 20_000));
     else if (type === 'tfjs') runtimes.push(await tfjsStatus());
+    else if (type === 'tflite') runtimes.push(await tfliteStatus());
     else {
       const p = await registry.probe(type);
       const s: RuntimeStatus = { type, available: p.available, providers: [] };
@@ -222,9 +241,9 @@ export async function diagnose(registry: RuntimeRegistry, opts: { providerTimeou
     runtimes.push({
       type: 'tflite',
       available: false,
-      reason: 'not available in this build (no tflite runtime is registered yet)',
+      reason: 'not registered in this registry',
       providers: [],
-      note: 'hardware delegates (GPU, NNAPI, Hexagon, Edge TPU) are not reachable from the WASM builds of TFLite that run in Node (tfjs-tflite, LiteRT.js): CPU/XNNPACK only',
+      note: HARDWARE_DELEGATES_NOTE,
     });
   }
   return { machine: machineFacts(), runtimes };

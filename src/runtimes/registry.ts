@@ -1,10 +1,11 @@
 /**
- * Runtimes keyed by `type` ('onnx', 'tfjs'; 'tflite' registers here later). Creating or probing a
+ * Runtimes keyed by `type` ('onnx', 'tfjs', 'tflite'). Creating or probing a
  * runtime never throws: a native module that fails to import (missing binary, wrong ABI) is reported as
  * unavailable with its reason, and the agent picks another runtime or refuses the model with that reason.
  */
 import { OnnxRuntime } from './onnx.js';
 import { TfjsRuntime } from './tfjs.js';
+import { TfliteRuntime } from './tflite.js';
 import type { Runtime } from './types.js';
 
 /** Builds a runtime object. Must not import native modules itself: that happens in probe()/load(). */
@@ -73,7 +74,10 @@ export class RuntimeRegistry {
 
 /** The registry with every runtime this build knows. */
 export function defaultRegistry(): RuntimeRegistry {
-  return new RuntimeRegistry().register('onnx', () => new OnnxRuntime()).register('tfjs', () => new TfjsRuntime());
+  return new RuntimeRegistry()
+    .register('onnx', () => new OnnxRuntime())
+    .register('tfjs', () => new TfjsRuntime())
+    .register('tflite', () => new TfliteRuntime());
 }
 
 let shared: RuntimeRegistry | undefined;

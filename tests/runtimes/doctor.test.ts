@@ -65,12 +65,19 @@ beforeAll(() => {
 }, 180_000);
 
 describe('edge-agent doctor --json', () => {
-  it('lists every registered runtime, plus tflite as not available in this build with the delegate note', () => {
+  it('lists every registered runtime (onnx, tfjs, tflite)', () => {
     const types = report.runtimes.map((r) => r.type);
+    expect(defaultRegistry().types()).toEqual(expect.arrayContaining(['onnx', 'tfjs', 'tflite']));
     for (const t of defaultRegistry().types()) expect(types).toContain(t);
+  });
+
+  it('tflite: LiteRT.js available on wasm (XNNPACK); webgpu/webnn unavailable with the reason; says hardware delegates are not reachable', () => {
     const tflite = report.runtimes.find((r) => r.type === 'tflite');
-    expect(tflite).toMatchObject({ available: false, reason: expect.stringMatching(/not available in this build/) as unknown });
-    expect(tflite?.note).toMatch(/hardware delegates .* not reachable from the WASM builds/);
+    expect(tflite).toMatchObject({ available: true, version: expect.stringMatching(/^@litertjs\/core 2\./) as unknown });
+    expect(tflite?.note).toMatch(/hardware delegates \(GPU, NNAPI.*\) are not reachable from the WASM build of LiteRT\.js in Node/);
+    expect(provider('tflite', 'wasm')).toMatchObject({ available: true, detail: expect.stringMatching(/^XNNPACK on the CPU/) as unknown });
+    expect(provider('tflite', 'webgpu')).toMatchObject({ available: false, reason: expect.stringMatching(/no WebGPU in Node/) as unknown });
+    expect(provider('tflite', 'webnn')?.available).toBe(false);
   });
 
   it('lists every execution provider the config accepts, each with available/unavailable and a reason when unavailable', () => {
@@ -123,7 +130,8 @@ describe('edge-agent doctor (table)', () => {
     expect(r.stdout).toMatch(/^onnx\s+-\s+available\s+version 1\.30\./m);
     expect(r.stdout).toMatch(/^\s+cpu\s+available\b/m);
     expect(r.stdout).toMatch(/^\s+wasm\s+available\s+SIMD/m);
-    expect(r.stdout).toMatch(/^tflite\s+-\s+unavailable\s+not available in this build/m);
+    expect(r.stdout).toMatch(/^tflite\s+-\s+available\s+version @litertjs\/core 2\./m);
+    expect(r.stdout).toMatch(/hardware delegates .* not reachable/);
     for (const ep of CONFIG_PROVIDERS) expect(r.stdout).toMatch(new RegExp(`^\\s+${ep}\\s+(available|unavailable)\\b`, 'm'));
   }, 180_000);
 });
