@@ -44,7 +44,12 @@ export interface PipelineEvents {
    * rate after activation, src/fleet/rollout.ts). Called synchronously; must not throw or block.
    */
   onClassified?: (e: { frames: ImageFrame[]; probabilities: number[][]; labels: string[]; model: ModelInfo }) => void;
+  /** Every result of a job was acknowledged by the broker (fleet health: end-to-end latency from job.createdAt). */
+  onPublished?: (job: Job) => void;
 }
+
+/** Options that may change while the pipeline runs (fleet set-config); the next job uses them. */
+export type PipelineLiveOptions = Partial<Pick<PipelineOptions, 'afterPublish' | 'queueCapacity' | 'concurrency' | 'maxAttempts' | 'maxFileBytes' | 'decode' | 'privacy'>>;
 
 export interface PipelineStats {
   accepted: number;
@@ -86,8 +91,33 @@ export class Pipeline {
   ) {
     store.outbox.onJobPublished = (hash) => {
       const job = store.journal.get(hash);
-      if (job) void this.finalize(job);
+      if (!job) return;
+      try {
+        this.events.onPublished?.(job);
+      } catch (err) {
+        this.log.warn({ err }, 'onPublished listener failed');
+      }
+      void this.finalize(job);
     };
+  }
+
+  /** Applies options changed while running (fleet set-config); the next job takes them. */
+  updateOptions(patch: PipelineLiveOptions): void {
+    Object.assign(this.opts, patch);
+    this.checkRoom();
+    this.pump();
+  }
+
+  /**
+   * Runs a finished (published or failed) job again, reading its file from `filePath` (done/ or
+   * quarantine/; a file outside the inbox stays where it is). Fleet `reprocess`. False when the
+   * pipeline is full, stopping, or the job is not finished.
+   */
+  requeue(hash: string, filePath: string): boolean {
+    if (this.stopping || this.load >= this.opts.queueCapacity || this.known.has(hash)) return false;
+    if (!this.store.journal.reopen(hash, filePath)) return false;
+    this.enqueue(hash, filePath);
+    return true;
   }
 
   /** Replaces the model (later: hot swap). Jobs already running finish on the old one. */

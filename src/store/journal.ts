@@ -187,6 +187,18 @@ export class Journal {
       .run(newPath, this.now(), hash);
   }
 
+  /**
+   * A finished job (published or failed) runs again from `path` (fleet `reprocess`): back to `queued`
+   * with fresh attempts; `created_at` restarts so latency counts from now. False when not finished.
+   */
+  reopen(hash: string, path: string): boolean {
+    const t = this.now();
+    const r = this.q(
+      "UPDATE jobs SET state = 'queued', path = ?, attempts = 0, error = NULL, error_code = NULL, finalized = 0, results = 0, created_at = ?, updated_at = ? WHERE hash = ? AND state IN ('published','failed')",
+    ).run(path, t, t, hash);
+    return r.changes === 1;
+  }
+
   /** Jobs to (re)run after a restart: accepted but not yet inferred. */
   unfinished(): Job[] {
     return (this.q("SELECT * FROM jobs WHERE state IN ('queued','decoded') ORDER BY created_at, rowid").all() as JobRow[]).map(toJob);
