@@ -14,7 +14,8 @@ import { startEmbeddedBroker, type EmbeddedBroker } from '../src/mqtt/broker.js'
 import { MqttLink, type MqttLinkOptions } from '../src/mqtt/link.js';
 import { deviceTopics } from '../src/mqtt/topics.js';
 import { BundleError } from '../src/models/bundle.js';
-import { BundleClassifier, type Classifier } from '../src/pipeline/classifier.js';
+import type { Classifier } from '../src/pipeline/classifier.js';
+import { ServingModel, type FallbackEvent } from '../src/pipeline/serving.js';
 import { Pipeline } from '../src/pipeline/pipeline.js';
 import { StateStore } from '../src/store/index.js';
 import type { IsolationOptions } from '../src/runtimes/worker/supervisor.js';
@@ -24,6 +25,8 @@ import { AGENT_VERSION } from './version.js';
 export function classifierOptions(config: AgentConfig) {
   return {
     runtime: config.model.runtime,
+    precision: config.model.precision,
+    stateDir: config.stateDir,
     providers: config.model.providers,
     intraOpThreads: config.model.intraOpThreads,
     interOpThreads: config.model.interOpThreads,
@@ -74,7 +77,7 @@ export class Agent {
     for (const dir of [c.inbox, c.stateDir, c.doneDir, c.quarantineDir]) await mkdir(dir, { recursive: true });
     this.store = StateStore.open(c.stateDir);
 
-    const classifier = await BundleClassifier.load(c.model.bundle, { ...classifierOptions(c), isolation: this.isolation() });
+    const classifier = await this.loadModel();
     this.classifier = classifier;
     this.logModel(classifier);
     // A bundle swapped while the agent was down is a model change too: audit it on the first start that serves it.
@@ -184,21 +187,37 @@ export class Agent {
       maxWorkerRssMb: m.maxWorkerRssMb,
       restartLimit: m.restartLimit,
       onRestart: (e) => log.warn(e, `inference worker restarting (${e.reason}): ${e.detail}`),
-      onRuntimeFailed: (e) => {
-        log.error(e, `runtime '${e.runtime}' marked failed after ${e.restarts} worker restarts in ${e.windowSec} s`);
-        this.link?.publishError({
-          deviceId: this.config.deviceId,
-          code: 'runtime-failed',
-          message: `runtime '${e.runtime}' marked failed after ${e.restarts} worker restarts in ${e.windowSec} s (last: ${e.lastReason})`,
-          stage: 'inference',
-          runtime: e.runtime,
-          createdAt: new Date().toISOString(),
-        });
-      },
+      // The serving model falls back to the next runtime (src/pipeline/serving.ts); onFallback publishes.
+      onRuntimeFailed: (e) => log.error(e, `runtime '${e.runtime}' marked failed after ${e.restarts} worker restarts in ${e.windowSec} s`),
     };
   }
 
-  private logModel(classifier: BundleClassifier): void {
+  /** The model with runtime selection and fallback (src/runtimes/select.ts, src/pipeline/serving.ts). */
+  private loadModel(): Promise<ServingModel> {
+    const opts = { ...classifierOptions(this.config), isolation: this.isolation() };
+    const model: Promise<ServingModel> = ServingModel.load(this.config.model.bundle, opts, { onFallback: (e) => void this.onFallback(e, model) });
+    return model;
+  }
+
+  /** A runtime failed while serving: say which, why and what serves now (error + state), audit the change. */
+  private async onFallback(e: FallbackEvent, model: Promise<ServingModel>): Promise<void> {
+    this.log.error({ failed: e.failed, now: e.now ?? null, error: e.error }, e.message);
+    this.store?.audit.modelChange({ from: e.previous, to: e.now ?? null, reason: `runtime-fallback: ${e.message}`, actor: 'agent' });
+    this.link?.publishError({
+      deviceId: this.config.deviceId,
+      code: 'runtime-failed',
+      message: e.message,
+      stage: 'inference',
+      runtime: e.failed.runtime,
+      reason: e.failed.reason,
+      fallback: e.now ? { runtime: e.now.runtime, precision: e.now.precision, provider: e.now.provider } : null,
+      createdAt: new Date().toISOString(),
+    });
+    if (e.now && (await model) === this.classifier) await this.link?.online({ version: AGENT_VERSION, model: e.now });
+  }
+
+  private logModel(classifier: ServingModel): void {
+
     for (const a of classifier.attempts.filter((x) => !x.ok)) {
       this.log.warn({ provider: a.provider, reason: a.reason }, 'execution provider unavailable; trying the next one');
     }
@@ -211,6 +230,7 @@ export class Agent {
       { model: classifier.info, signedBy: sig.keyId ?? null, golden: classifier.golden.map((g) => ({ name: g.name, maxAbsDiff: g.maxAbsDiff })) },
       'model loaded and warm',
     );
+    this.log.info({ selection: classifier.selection }, `runtime: ${classifier.describe()}`);
   }
 
   /**
@@ -230,9 +250,9 @@ export class Agent {
     const old = this.classifier;
     if (!this.pipeline || !old || this.stopping) return { ok: false, error: 'agent is not running' };
     this.log.info({ bundle: c.model.bundle }, 'reloading model');
-    let next: BundleClassifier;
+    let next: ServingModel;
     try {
-      next = await BundleClassifier.load(c.model.bundle, { ...classifierOptions(c), isolation: this.isolation() });
+      next = await this.loadModel();
     } catch (err) {
       const e = err as Error;
       const reason = err instanceof BundleError ? err.code : 'load-failed';

@@ -83,7 +83,7 @@ async function verifyBundle(dir: string, opts: { key?: string[]; config?: string
   if (bundle && opts.golden) {
     try {
       const file = selectModelFile(bundle, 'onnx');
-      const session = await getRuntime(config.model.runtime).load(path.join(bundle.dir, file.path), {
+      const session = await getRuntime('onnx').load(path.join(bundle.dir, file.path), { // the onnx file, so the onnx runtime
         providers: config.model.providers,
         intraOpThreads: config.model.intraOpThreads,
         interOpThreads: config.model.interOpThreads,

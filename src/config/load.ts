@@ -71,7 +71,8 @@ ajv.addKeyword({ keyword: 'x-restart', schemaType: 'boolean' });
 const validate = ajv.compile<AgentConfig>(configSchema);
 
 interface SchemaNode {
-  type?: string;
+  /** A list for settings that take one value or a list (model.runtime, model.precision). */
+  type?: string | readonly string[];
   properties?: Record<string, SchemaNode>;
   additionalProperties?: unknown;
   items?: SchemaNode;
@@ -89,7 +90,8 @@ export function envVariables(): { name: string; path: string[]; type: string }[]
       for (const [k, child] of Object.entries(node.properties)) walk(child, [...at, k]);
       return;
     }
-    out.push({ name: ENV_PREFIX + at.map(toEnvSegment).join('__'), path: at, type: node.type ?? 'string' });
+    const type = typeof node.type === 'string' ? node.type : node.type ? node.type.join('|') : 'string';
+    out.push({ name: ENV_PREFIX + at.map(toEnvSegment).join('__'), path: at, type });
   };
   walk(configSchema, []);
   return out;
@@ -109,6 +111,11 @@ function envValue(raw: string, type: string): unknown {
   if (type === 'string') return raw;
   if (type === 'array' && !raw.trim().startsWith('[')) {
     return raw.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+  }
+  if (type === 'string|array' && !raw.trim().startsWith('[')) {
+    // one value or a list: `onnx` stays a string, `onnx,tfjs` becomes a list
+    const items = raw.split(',').map((s) => s.trim()).filter((s) => s.length > 0);
+    return items.length === 1 ? items[0] : items;
   }
   try {
     return parseYaml(raw) as unknown;

@@ -6,7 +6,9 @@ import { configSchema } from './schema.js';
 import { envVariables } from './load.js';
 
 interface Node {
-  type?: string;
+  /** A list for settings that take one value or a list (model.runtime, model.precision). */
+  type?: string | readonly string[];
+  pattern?: string;
   description?: string;
   default?: unknown;
   enum?: readonly unknown[];
@@ -32,10 +34,15 @@ export function renderConfigReference(): string {
       return;
     }
     const key = at.join('.');
-    let type = node.type ?? 'any';
+    let type = typeof node.type === 'string' ? node.type : 'any';
     if (node.enum) type = node.enum.map((e) => String(e)).join(' \\| ');
     if (node.type === 'array' && node.items?.enum) type = `list of ${node.items.enum.map((e) => String(e)).join(' \\| ')}`;
-    else if (node.type === 'array') type = `list of ${node.items?.type ?? 'any'}`;
+    else if (node.type === 'array') type = `list of ${String(node.items?.type ?? 'any')}`;
+    else if (Array.isArray(node.type) && node.type.includes('array')) {
+      // one value (pattern ^(a|b)$) or a list of the items' enum
+      const one = /^\^\((.*)\)\$$/.exec(node.pattern ?? '')?.[1]?.split('|') ?? ['string'];
+      type = `${one.join(' \\| ')}, or a list of ${(node.items?.enum ?? []).map((e) => String(e)).join(' \\| ')}`;
+    }
     const range = node.minimum !== undefined || node.maximum !== undefined ? ` (${node.minimum ?? ''}..${node.maximum ?? ''})` : '';
     const notes = [node.description ?? '', node['x-restart'] ? '**restart required**' : ''].filter(Boolean).join('; ');
     rows.push(`| \`${key}\` | ${type}${range} | ${fmt(node.default)} | \`${env.get(key) ?? ''}\` | ${notes.replace(/\|/g, '\\|')} |`);

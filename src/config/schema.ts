@@ -42,7 +42,10 @@ export interface AgentConfig {
   };
   model: {
     bundle: string;
-    runtime: 'onnx' | 'tfjs';
+    /** `auto` (on-device benchmark, cached), one runtime, or runtimes in preference order (src/runtimes/select.ts). */
+    runtime: RuntimePreference;
+    /** `auto` (int8 only where it is faster here), one precision, or precisions in preference order. */
+    precision: PrecisionPreference;
     providers: string[];
     intraOpThreads: number;
     interOpThreads: number;
@@ -97,6 +100,12 @@ export interface AgentConfig {
     flushTimeoutMs: number;
   };
 }
+
+/** Runtime types a bundle file can be served by (the registry's `type`s; src/runtimes/registry.ts). */
+export type RuntimeName = 'onnx' | 'tflite' | 'tfjs';
+export type RuntimePreference = 'auto' | RuntimeName | RuntimeName[];
+export type PrecisionName = 'fp32' | 'int8';
+export type PrecisionPreference = 'auto' | PrecisionName | PrecisionName[];
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -171,9 +180,23 @@ export const configSchema = {
       properties: {
         bundle: { type: 'string', default: '', description: 'bundle directory; default: the shipped models/orientation-qa' },
         runtime: {
-          type: 'string', enum: ['onnx', 'tfjs'], default: 'onnx',
+          type: ['string', 'array'], default: 'auto',
+          pattern: '^(auto|onnx|tflite|tfjs)$', minItems: 1, uniqueItems: true,
+          items: { type: 'string', enum: ['onnx', 'tflite', 'tfjs'] },
           description:
-            'runtime that serves the model (the bundle must carry a file in its format). tfjs: backend tfjs-node when installed, else wasm (SIMD), else cpu; the backend in use is the result\'s model.provider',
+            'auto, one of onnx, tflite, tfjs, or a list of them in preference order (e.g. [onnx, tflite, tfjs]). ' +
+            'auto: a short on-device benchmark of every runtime x precision file the bundle carries (golden-checked) picks the fastest; ' +
+            'the result is cached in the state dir per model file sha256 and machine. A runtime that fails to load or is marked failed ' +
+            '(model.restartLimit) is replaced by the next one in this order (error published). tfjs: backend tfjs-node when installed, ' +
+            'else wasm (SIMD), else cpu; the backend in use is the result\'s model.provider',
+        },
+        precision: {
+          type: ['string', 'array'], default: 'auto',
+          pattern: '^(auto|fp32|int8)$', minItems: 1, uniqueItems: true,
+          items: { type: 'string', enum: ['fp32', 'int8'] },
+          description:
+            'auto, fp32, int8, or a list in preference order. auto: int8 is served only where the on-device benchmark finds it faster ' +
+            'than fp32 (at least 5%); otherwise fp32, with a note in health ("int8 slower than fp32 here: x vs y ms")',
         },
         providers: {
           type: 'array', minItems: 1, default: ['cpu'],

@@ -22,6 +22,8 @@ export type BundleErrorCode =
   | 'size-mismatch'
   | 'hash-mismatch'
   | 'no-model-file'
+  // no candidate runtime x precision could load and pass its checks (src/runtimes/select.ts)
+  | 'no-runtime'
   | 'check-failed'
   // signature (./signature.ts) and golden (./golden.ts) checks
   | 'unsigned'
@@ -197,6 +199,11 @@ export async function loadBundle(dir: string, options: LoadBundleOptions = {}): 
  */
 function isEntryPoint(f: ModelFileEntry): boolean {
   return f.format !== 'tfjs' || f.path.endsWith('.json');
+}
+
+/** The model files a runtime can load (one per format x precision; TF.js weight shards left out). */
+export function modelFiles(bundle: LoadedBundle): ModelFileEntry[] {
+  return bundle.manifest.files.filter(isEntryPoint);
 }
 
 /**

@@ -6,10 +6,20 @@
 import type { ImageFrame } from '../decode/types.js';
 import type { LoadedBundle, ModelFileEntry } from '../models/types.js';
 import type { InferenceSessionHandle, ProviderAttempt, RuntimeLoadOptions } from '../runtimes/types.js';
-import { loadBundle, selectModelFile } from '../models/bundle.js';
+import { BundleError, loadBundle } from '../models/bundle.js';
 import { assertGolden, runGolden, type GoldenResult } from '../models/golden.js';
 import { loadTrustedKeys, signatureCheck, type SignatureStatus } from '../models/signature.js';
 import { preprocess, toBatch } from '../preprocess/index.js';
+import {
+  candidateKey,
+  markChosen,
+  markFailed,
+  planSelection,
+  type Candidate,
+  type PrecisionPreference,
+  type RuntimePreference,
+  type SelectionReport,
+} from '../runtimes/select.js';
 import { openSession, type IsolationOptions } from '../runtimes/worker/supervisor.js';
 import { activate, type ModelInfo } from './result.js';
 import path from 'node:path';
@@ -30,7 +40,18 @@ export interface Classifier {
 }
 
 export interface ClassifierOptions extends RuntimeLoadOptions {
-  runtime: string;
+  /** Config model.runtime: 'auto', one runtime, or runtimes in preference order (src/runtimes/select.ts). */
+  runtime: RuntimePreference;
+  /** Config model.precision (default 'auto': int8 only where it measures faster here). */
+  precision?: PrecisionPreference;
+  /** State dir holding the runtime benchmark cache (runtime-selection.json); absent: no cache. */
+  stateDir?: string;
+  /** Timed-run budget of the auto benchmark, all candidates together (default 2000 ms). */
+  benchmarkBudgetMs?: number;
+  /** Runtimes not to use (they failed while serving; the fallback path). */
+  excludeRuntimes?: readonly string[];
+  /** Try exactly these candidates (`runtime/precision`) in this order, without a benchmark (the fallback path). */
+  candidates?: readonly string[];
   warmupRuns: number;
   /** Frames per runtime call (multi-frame files). */
   maxBatch?: number;
@@ -51,6 +72,8 @@ export class BundleClassifier implements Classifier {
   signature: SignatureStatus = { signed: false };
   /** Outcome of the golden check on load (empty: the bundle has no golden entries or it was off). */
   golden: GoldenResult[] = [];
+  /** Why this runtime x precision serves: chosen, candidates with ms or reason, cached or measured, notes. */
+  selection!: SelectionReport;
   private inflight = 0;
   private idle: (() => void)[] = [];
   private disposed = false;
@@ -58,17 +81,27 @@ export class BundleClassifier implements Classifier {
   private constructor(
     readonly bundle: LoadedBundle,
     private readonly session: InferenceSessionHandle,
-    sha256: string,
+    /** The bundle file being served (its format names the runtime). */
+    readonly file: ModelFileEntry,
     private readonly maxBatch: number,
   ) {
     this.labels = bundle.manifest.labels;
     this.info = {
       id: bundle.manifest.id,
       version: bundle.manifest.version,
-      sha256,
+      sha256: file.sha256,
       runtime: session.runtime,
       provider: session.provider,
     };
+  }
+
+  /** Absolute path of the served model file (the supervisor's RuntimeFailedEvent.modelPath). */
+  get modelPath(): string {
+    return path.join(this.bundle.dir, this.file.path);
+  }
+
+  get precision(): ModelFileEntry['precision'] {
+    return this.file.precision;
   }
 
   get attempts(): ProviderAttempt[] {
@@ -77,8 +110,10 @@ export class BundleClassifier implements Classifier {
 
   /**
    * Loads with every check: signature of manifest.json (before anything in it is trusted), schema, file
-   * hashes and paths, then the runtime session, then the golden inputs through that session. Throws
-   * BundleError (nothing is left loaded) when any check fails.
+   * hashes and paths; then picks the runtime x precision to serve (src/runtimes/select.ts: config order,
+   * or the cached on-device benchmark for `auto`) and opens it with its golden check. A candidate that
+   * fails to load or to pass its golden check is recorded in `selection` and the next one is tried.
+   * Throws BundleError (nothing is left loaded) when the bundle fails a check or no candidate serves.
    */
   static async load(bundleDir: string, opts: ClassifierOptions): Promise<BundleClassifier> {
     const trustedKeys = await loadTrustedKeys(opts.trustedKeys);
@@ -86,23 +121,51 @@ export class BundleClassifier implements Classifier {
     const bundle = await loadBundle(bundleDir, {
       manifestChecks: [signatureCheck({ trustedKeys, allowUnsigned: opts.allowUnsigned }, (s) => (signature = s))],
     });
-    // The bundle file in the runtime's own format (runtime types are named after the formats they load).
-    const file = selectModelFile(bundle, opts.runtime as ModelFileEntry['format']);
+    const selectOpts: Parameters<typeof planSelection>[1] = {
+      runtime: opts.runtime,
+      precision: opts.precision ?? 'auto',
+      load: opts,
+      excludeRuntimes: opts.excludeRuntimes ?? [],
+    };
+    if (opts.isolation) selectOpts.isolation = opts.isolation;
+    if (opts.stateDir) selectOpts.stateDir = opts.stateDir;
+    if (opts.benchmarkBudgetMs !== undefined) selectOpts.budgetMs = opts.benchmarkBudgetMs;
+    // Fallback: the order was decided when the model was first loaded; keep it, minus what failed.
+    if (opts.candidates) selectOpts.order = opts.candidates;
+    const plan = await planSelection(bundle, selectOpts);
+    const failures: { c: Candidate; error: unknown }[] = [];
+    for (const c of plan.order) {
+      try {
+        const classifier = await BundleClassifier.open(bundle, c, opts);
+        classifier.signature = signature;
+        markChosen(plan.report, c, classifier.session);
+        classifier.selection = plan.report;
+        return classifier;
+      } catch (e) {
+        failures.push({ c, error: e });
+        const golden = e instanceof BundleError && e.code === 'golden-mismatch';
+        markFailed(plan.report, c, e instanceof Error ? e.message : String(e), golden ? 'excluded' : 'unavailable');
+      }
+    }
+    throw noCandidate(bundle, plan.report, failures);
+  }
+
+  /** Opens one candidate: session (in-process or supervised workers), golden check, warm-up. */
+  private static async open(bundle: LoadedBundle, c: Candidate, opts: ClassifierOptions): Promise<BundleClassifier> {
     // In-process, or a supervised worker pool behind the same InferenceSessionHandle (src/runtimes/worker/).
-    const session = await openSession(opts.runtime, path.join(bundle.dir, file.path), opts, opts.isolation);
-    const c = new BundleClassifier(bundle, session, file.sha256, opts.maxBatch ?? 8);
-    c.signature = signature;
+    const session = await openSession(c.runtime, path.join(bundle.dir, c.file.path), opts, opts.isolation);
+    const classifier = new BundleClassifier(bundle, session, c.file, opts.maxBatch ?? 8);
     try {
       if (opts.golden !== false) {
-        c.golden = await runGolden(bundle, file, session);
-        assertGolden(bundle, file, c.golden);
+        classifier.golden = await runGolden(bundle, c.file, session);
+        assertGolden(bundle, c.file, classifier.golden);
       }
-      await c.warmup(opts.warmupRuns);
+      await classifier.warmup(opts.warmupRuns);
     } catch (e) {
       await session.dispose().catch(() => undefined);
       throw e;
     }
-    return c;
+    return classifier;
   }
 
   private async warmup(runs: number): Promise<void> {
@@ -153,4 +216,35 @@ export class BundleClassifier implements Classifier {
     this.disposed = true;
     await this.session.dispose();
   }
+}
+
+/**
+ * The error when nothing can serve: the candidates' own error when there was one (or they all failed the
+ * same way, e.g. every runtime computes wrong golden outputs: 'golden-mismatch'), else 'no-runtime'
+ * listing each candidate's reason; 'no-model-file' when the bundle has no file the config allows.
+ */
+function noCandidate(bundle: LoadedBundle, report: SelectionReport, failures: { c: Candidate; error: unknown }[]): BundleError {
+  const first = failures[0]?.error;
+  if (failures.length === 1 && first instanceof BundleError) return first;
+  const problems: string[] = [];
+  const codes = new Set<string>();
+  for (const rep of report.candidates) {
+    if (rep.status === 'excluded' || rep.status === 'unavailable' || rep.status === 'failed') {
+      problems.push(`${candidateKey(rep)}: ${rep.reason ?? rep.status}`);
+      const f = failures.find((x) => candidateKey(x.c) === candidateKey(rep));
+      if (f) codes.add(f.error instanceof BundleError ? f.error.code : 'no-runtime');
+      else codes.add(rep.status === 'excluded' && /golden/.test(rep.reason ?? '') ? 'golden-mismatch' : 'no-runtime');
+    }
+  }
+  const id = `${bundle.manifest.id}@${bundle.manifest.version}`;
+  if (!report.candidates.length) {
+    const have = [...new Set(bundle.manifest.files.map((f) => `${f.format}/${f.precision}`))].join(', ');
+    return new BundleError(
+      'no-model-file',
+      `bundle '${bundle.manifest.id}' has no model file for runtime ${report.runtimes.join('|')} x precision ${report.precisions.join('|')} (has: ${have})`,
+      report.notes.length ? report.notes : undefined,
+    );
+  }
+  const code = codes.size === 1 ? ([...codes][0] as BundleError['code']) : 'no-runtime';
+  return new BundleError(code, `no runtime could serve model ${id}: ${problems.join('; ') || report.notes.join('; ')}`, problems.length ? problems : report.notes);
 }

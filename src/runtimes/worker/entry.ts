@@ -11,13 +11,13 @@
  * is FAULT_SENTINEL makes this worker abort, hang or leak (protocol.ts). Without that variable the
  * check is a single comparison and the input is run like any other; production never sets it.
  */
-import { writeFileSync } from 'node:fs';
+import { existsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parentPort } from 'node:worker_threads';
 import { runtimeRegistry } from '../registry.js';
 import type { InferenceSessionHandle, RuntimeLoadOptions } from '../types.js';
-import { FAULT_DIR_ENV, FAULT_ENV, FAULT_SENTINEL, FaultKind, type FromWorker, type MemoryReport, type ToWorker } from './protocol.js';
+import { CRASH_RUNTIME_PREFIX, FAULT_DIR_ENV, FAULT_ENV, FAULT_SENTINEL, FaultKind, type FromWorker, type MemoryReport, type ToWorker } from './protocol.js';
 
 const faultsEnabled = process.env[FAULT_ENV] === '1';
 const leaked: Buffer[] = [];
@@ -40,8 +40,17 @@ function reason(e: unknown): string {
   return e instanceof Error ? e.message : String(e);
 }
 
-function maybeFault(input: Float32Array): void {
-  if (!faultsEnabled || input.length < 3 || input[0] !== FAULT_SENTINEL) return;
+function abort(): void {
+  // A native abort() raises SIGABRT on the whole process. Node forbids process.abort() in a worker
+  // thread, so a thread raises the same signal, with the same effect as a crash in native code.
+  if (parentPort) process.kill(process.pid, 'SIGABRT');
+  else process.abort();
+}
+
+function maybeFault(input: Float32Array, runtime: string): void {
+  if (!faultsEnabled) return;
+  if (existsSync(path.join(process.env[FAULT_DIR_ENV] || tmpdir(), CRASH_RUNTIME_PREFIX + runtime))) abort();
+  if (input.length < 3 || input[0] !== FAULT_SENTINEL) return;
   const token = input[2] ?? 0;
   if (token > 0) {
     const marker = path.join(process.env[FAULT_DIR_ENV] || tmpdir(), `edge-agent-fault-${token}`);
@@ -53,10 +62,7 @@ function maybeFault(input: Float32Array): void {
   }
   switch (input[1]) {
     case FaultKind.abort:
-      // A native abort() raises SIGABRT on the whole process. Node forbids process.abort() in a worker
-      // thread, so a thread raises the same signal, with the same effect as a crash in native code.
-      if (parentPort) process.kill(process.pid, 'SIGABRT');
-      else process.abort();
+      abort();
       break;
     case FaultKind.hang:
       for (;;) {
@@ -97,7 +103,7 @@ async function handle(msg: ToWorker): Promise<void> {
     case 'run': {
       try {
         if (!session) throw new Error('worker has no model loaded');
-        maybeFault(msg.input);
+        maybeFault(msg.input, session.runtime);
         const out = await session.run(msg.input, msg.shape);
         // Own copy: the runtime's output may view a larger buffer, and a thread transfers this one.
         send({ type: 'result', id: msg.id, data: new Float32Array(out.data), shape: out.shape, memory: memory() });

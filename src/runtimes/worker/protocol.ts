@@ -58,6 +58,12 @@ export function isFromWorker(m: unknown): m is FromWorker {
  */
 export const FAULT_ENV = 'EDGE_AGENT_TEST_FAULTS';
 export const FAULT_DIR_ENV = 'EDGE_AGENT_TEST_FAULTS_DIR';
+/**
+ * A whole runtime that crashes (tests of the fallback to the next runtime): while a file with this name
+ * + the runtime type (e.g. `edge-agent-crash-runtime-onnx`) exists in the fault dir, every call in a
+ * worker of that runtime aborts, zero inputs included. Inert without EDGE_AGENT_TEST_FAULTS=1.
+ */
+export const CRASH_RUNTIME_PREFIX = 'edge-agent-crash-runtime-';
 /** Exactly representable in float32 and far outside any normalised image value. */
 export const FAULT_SENTINEL = -77777;
 export const FaultKind = {
