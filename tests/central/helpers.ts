@@ -91,13 +91,15 @@ export async function upload(c: TestCentral, b: MadeBundle | string): Promise<Re
 }
 
 /** Waits until `fn` returns a truthy value (event-driven code under test; bounded by the test timeout). */
-export async function until<T>(fn: () => T | Promise<T>, what: string, timeoutMs = 20_000): Promise<NonNullable<T>> {
+export type Truthy<T> = Exclude<T, false | null | undefined | 0 | ''>;
+
+export async function until<T>(fn: () => T | Promise<T>, what: string, timeoutMs = 20_000): Promise<Truthy<T>> {
   const deadline = Date.now() + timeoutMs;
   let last: Error | undefined;
   for (;;) {
     try {
       const v = await fn();
-      if (v) return v;
+      if (v) return v as Truthy<T>;
     } catch (e) {
       last = e instanceof Error ? e : new Error(String(e));
     }
