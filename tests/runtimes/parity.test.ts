@@ -83,7 +83,7 @@ afterAll(async () => {
 });
 
 /** Per-rotation probabilities of one image through one session (batch of the 4 rotations). */
-async function probabilities(session: InferenceSessionHandle, frame: ImageFrame): Promise<Float32Array[]> {
+async function probabilities(session: InferenceSessionHandle, frame: ImageFrame): Promise<number[][]> {
   const spec = bundle.manifest.input;
   const batch = toBatch([0, 1, 2, 3].map((k) => preprocess(rot90(frame, k), spec)), spec);
   const out = await session.run(batch.data, batch.shape);
