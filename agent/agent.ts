@@ -21,6 +21,9 @@ import { StateStore } from '../src/store/index.js';
 import type { IsolationOptions } from '../src/runtimes/worker/supervisor.js';
 import type { AgentLogger } from '../src/log.js';
 import { AGENT_VERSION } from './version.js';
+import type { LoadedConfig } from '../src/config/load.js';
+import { AgentFleet } from '../src/fleet/agent-fleet.js';
+import { RESTART_EXIT_CODE } from '../src/fleet/agent-commands.js';
 
 export function classifierOptions(config: AgentConfig) {
   return {
@@ -60,10 +63,16 @@ export class Agent {
   private stopping: Promise<void> | undefined;
   private reloading: Promise<ReloadOutcome> | undefined;
   private readonly log: Logger;
+  private fleet: AgentFleet | undefined;
+  private readonly startedAt = Date.now();
+  /** Set by the CLI: the `restart` command asks for a graceful stop and exit RESTART_EXIT_CODE (75). */
+  onRestartRequested: ((reason: string, exitCode: number) => void) | undefined;
 
   constructor(
     readonly config: AgentConfig,
     private readonly logger: AgentLogger,
+    /** How the config was loaded (fleet set-config loads it again with new overrides); absent: no set-config. */
+    private readonly source?: { loaded: LoadedConfig; load(overrides: Record<string, unknown>): LoadedConfig },
   ) {
     this.log = logger.component('agent');
   }
@@ -123,6 +132,21 @@ export class Agent {
     link.on('linkError', (err) => this.log.error({ kind: err.kind, err: err.message }, 'MQTT connection problem'));
     link.attachOutbox(this.store.outbox, { window: c.mqtt.inflightWindow });
     link.start();
+    const fleet = new AgentFleet({
+      config: c,
+      source: this.source,
+      link,
+      store: this.store,
+      version: AGENT_VERSION,
+      startedAt: this.startedAt,
+      classifier: () => this.classifier,
+      pipeline: () => this.pipeline,
+      pipelineOptions: (cfg) => this.pipelineLiveOptions(cfg),
+      restartWatcher: () => this.restartWatcher(),
+      restart: (reason) => this.onRestartRequested?.(reason, RESTART_EXIT_CODE),
+      log: this.logger.component('fleet'),
+    });
+    this.fleet = fleet;
 
     const topics = deviceTopics(c.mqtt.baseTopic, c.deviceId);
     this.pipeline = new Pipeline(
@@ -145,13 +169,29 @@ export class Agent {
       this.logger.component('pipeline'),
       {
         onOutbox: () => link.kick(),
-        onRoom: () => this.watcher?.resume(),
+        // A commanded pause (fleet `pause`, persistent) outlasts backpressure.
+        onRoom: () => (fleet.ingest.paused ? undefined : this.watcher?.resume()),
+        onPublished: (job) => fleet.onPublished(job),
+        onFailure: (code, job) => fleet.onFailure(code, job),
       },
     );
     await this.pipeline.recover();
 
-    const pipeline = this.pipeline;
-    this.watcher = new InboxWatcher(
+    this.watcher = this.createWatcher(this.pipeline);
+    fleet.ingest.attach(this.watcher);
+    if (fleet.ingest.paused) this.log.warn({ pause: fleet.ingest.state }, 'intake paused by a fleet command; `resume` lifts it');
+    await this.watcher.start();
+    await link.online({ version: AGENT_VERSION, model: this.classifier.info });
+    fleet.start();
+    this.log.info(
+      { deviceId: c.deviceId, inbox: c.inbox, mqtt: this.mqttUrl, topics: { result: topics.result, state: topics.state } },
+      'agent started',
+    );
+  }
+
+  private createWatcher(pipeline: Pipeline): InboxWatcher {
+    const c = this.config;
+    return new InboxWatcher(
       {
         inbox: c.inbox,
         stabilityMs: c.ingest.stabilityMs,
@@ -164,12 +204,28 @@ export class Agent {
       this.logger.component('ingest'),
       (p) => pipeline.holds(p),
     );
-    await this.watcher.start();
-    await link.online({ version: AGENT_VERSION, model: this.classifier.info });
-    this.log.info(
-      { deviceId: c.deviceId, inbox: c.inbox, mqtt: this.mqttUrl, topics: { result: topics.result, state: topics.state } },
-      'agent started',
-    );
+  }
+
+  /** Live ingest settings (fleet set-config): a new watcher from the running config; files in flight stay held. */
+  private async restartWatcher(): Promise<void> {
+    if (this.stopping || !this.pipeline || !this.fleet) return;
+    await this.watcher?.stop();
+    const next = this.createWatcher(this.pipeline);
+    this.watcher = next;
+    this.fleet.ingest.attach(next);
+    await next.start();
+  }
+
+  private pipelineLiveOptions(c: AgentConfig) {
+    return {
+      afterPublish: c.ingest.afterPublish,
+      queueCapacity: c.ingest.queueCapacity,
+      concurrency: c.pipeline.concurrency,
+      maxAttempts: c.ingest.maxAttempts,
+      maxFileBytes: c.ingest.maxFileBytes,
+      decode: decodeOptions(c),
+      privacy: { allowUids: c.privacy.allowUids, salt: this.store!.uidSalt(c.privacy.uidSaltFile) },
+    };
   }
 
   /**
@@ -307,6 +363,7 @@ export class Agent {
 
   private async doStop(): Promise<void> {
     this.log.info('stopping: intake closed, finishing running jobs');
+    this.fleet?.stop();
     await this.watcher?.stop();
     await this.pipeline?.stop();
     if (this.link) {

@@ -7,7 +7,7 @@ import { Command, Option } from 'commander';
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, loadConfig, shippedPath, type CliOverrides } from '../src/config/load.js';
+import { ConfigError, loadConfig, shippedPath, type CliOverrides, type LoadedConfig } from '../src/config/load.js';
 import type { AgentConfig } from '../src/config/schema.js';
 import { renderConfigReference } from '../src/config/reference.js';
 import { decodeFile } from '../src/decode/index.js';
@@ -60,10 +60,19 @@ program
     if (opts.stateDir !== undefined) cli.stateDir = opts.stateDir;
     if (opts.mqttUrl !== undefined) cli.mqttUrl = opts.mqttUrl;
     if (opts.deviceId !== undefined) cli.deviceId = opts.deviceId;
-    const config = load(opts.config, cli);
+    // `run` applies the state dir's remote overrides (fleet set-config; precedence in src/config/load.ts).
+    let loaded: LoadedConfig;
+    try {
+      loaded = loadConfig(opts.config, { cli, stateOverrides: true });
+    } catch (err) {
+      if (err instanceof ConfigError) fail(err.message);
+      throw err;
+    }
+    const config = loaded.config;
+    const configFile = opts.config;
     const logger = createLogger({ level: config.logging.level, components: config.logging.components, fd: 1 });
     const log = logger.component('agent');
-    const agent = new Agent(config, logger);
+    const agent = new Agent(config, logger, { loaded, load: (overrides) => loadConfig(configFile, { cli, overrides }) });
     // systemd Type=notify (src/systemd/notify.ts): inert without NOTIFY_SOCKET; watchdog pings from now on.
     const sd = SdNotifier.create({ log: logger.component('systemd') });
     sd.startWatchdog();
@@ -83,6 +92,8 @@ program
           void logger.flush().finally(() => process.exit(code));
         });
     };
+    // Fleet `restart`: graceful stop, then exit 75 (EX_TEMPFAIL) so systemd's Restart=on-failure starts it again.
+    agent.onRestartRequested = (reason, exitCode) => shutdown(reason, exitCode);
     process.on('SIGTERM', () => shutdown('SIGTERM', 0));
     process.on('SIGINT', () => shutdown('SIGINT', 0));
     // SIGHUP: reload the model bundle with every check; a refused bundle leaves the current model serving

@@ -1,6 +1,14 @@
 /**
- * Loads a device config: YAML file -> env overrides -> CLI overrides -> schema (defaults + validation)
- * -> semantic checks (files that must exist) -> resolved paths and secrets.
+ * Loads a device config: YAML file -> state-dir overrides (remote set-config, `run` only) -> env overrides
+ * -> CLI overrides -> schema (defaults + validation) -> semantic checks (files that must exist) -> resolved
+ * paths and secrets.
+ *
+ * Precedence, lowest first: defaults < config file < state-dir overrides < environment < CLI flags. The
+ * overrides file (`<stateDir>/config-overrides.json`, written atomically by the fleet `set-config`
+ * command, src/fleet/config-store.ts) sits above the file because it is the newer, remote decision for
+ * this one device; env and flags stay above it because they are how the operator on the box (systemd
+ * unit, shell) pins a value, and a remote change must not silently beat them (set-config reports such a
+ * setting as `pinned`). The overrides cannot move `stateDir` (they live in it).
  *
  * Every problem is collected, never just the first: a bad config refuses to start with the full list,
  * each as `path: message` (with the YAML line when the value came from the file).
@@ -14,6 +22,9 @@ import { LineCounter, parseDocument, isMap, isSeq, isScalar, parse as parseYaml,
 import { configSchema, type AgentConfig } from './schema.js';
 
 export const ENV_PREFIX = 'EDGE_AGENT_';
+
+/** File in the state dir holding the remote config overrides (fleet `set-config`). */
+export const OVERRIDES_FILE = 'config-overrides.json';
 
 /** The shipped development signing key (public half), relative to the package root. NOT for production. */
 export const DEVELOPMENT_KEY = ['models', 'keys', 'DEVELOPMENT-ONLY-signing-key.pub.pem'] as const;
@@ -46,12 +57,24 @@ export interface LoadOptions {
    * (default true). False validates a config meant for another machine (`validate-config --offline`).
    */
   checkFiles?: boolean;
+  /**
+   * Apply the state dir's remote overrides (`<stateDir>/config-overrides.json`); `edge-agent run` does,
+   * `validate-config` and `infer` check the file alone. Default false.
+   */
+  stateOverrides?: boolean;
+  /** Use these overrides instead of reading the file (set-config validating a candidate). Implies stateOverrides. */
+  overrides?: Record<string, unknown>;
 }
 
 export interface LoadedConfig {
   config: AgentConfig;
   /** Where each value came from is not tracked; this is the file (or '<defaults>'). */
   source: string;
+  /** The state-dir overrides applied ({} when none), and their file (null when not read). */
+  overrides: Record<string, unknown>;
+  overridesFile: string | null;
+  /** Settings (dotted paths) set by the environment or CLI flags: they win over the overrides. */
+  pinned: string[];
 }
 
 /** Root of the installed package (holds models/, device-configs/). */
@@ -184,6 +207,7 @@ export function loadConfig(file: string | undefined, options: LoadOptions = {}):
   const env = options.env ?? process.env;
   const cwd = options.cwd ?? process.cwd();
   const source = file ?? '<defaults>';
+  const cli = options.cli ?? {};
   const problems: string[] = [];
   let raw: Record<string, unknown> = {};
   let doc: ReturnType<typeof parseDocument> | undefined;
@@ -212,6 +236,26 @@ export function loadConfig(file: string | undefined, options: LoadOptions = {}):
     else throw new ConfigError(['(root): must be a mapping of settings'], source);
   }
 
+  // State-dir overrides go between the file and the environment. Which state dir: the one the file, env
+  // and flags name (the overrides themselves cannot move it).
+  let overrides: Record<string, unknown> = {};
+  let overridesFile: string | null = null;
+  const fromOverrides = new Set<string>();
+  if (options.stateOverrides === true || options.overrides !== undefined) {
+    const envStateDir = env[`${ENV_PREFIX}STATE_DIR`];
+    const stateDir = cli.stateDir ?? envStateDir ?? (typeof raw.stateDir === 'string' && raw.stateDir ? raw.stateDir : configSchema.properties.stateDir.default);
+    overridesFile = path.resolve(cwd, stateDir, OVERRIDES_FILE);
+    if (options.overrides !== undefined) overrides = options.overrides;
+    else {
+      const read = readOverridesFile(overridesFile);
+      if (typeof read === 'string') throw new ConfigError([read], source);
+      overrides = read;
+    }
+    if ('stateDir' in overrides) throw new ConfigError([`stateDir: cannot be set by the state-dir overrides (${overridesFile})`], source);
+    for (const p of leafPaths(overrides)) fromOverrides.add('/' + p.join('/'));
+    raw = mergeDeep(raw, overrides);
+  }
+
   const fromEnv = new Set<string>();
   for (const v of envVariables()) {
     const value = env[v.name];
@@ -219,16 +263,27 @@ export function loadConfig(file: string | undefined, options: LoadOptions = {}):
     setPath(raw, v.path, envValue(value, v.type));
     fromEnv.add('/' + v.path.join('/'));
   }
-  const cli = options.cli ?? {};
   if (cli.inbox !== undefined) setPath(raw, ['inbox'], cli.inbox);
   if (cli.stateDir !== undefined) setPath(raw, ['stateDir'], cli.stateDir);
   if (cli.mqttUrl !== undefined) setPath(raw, ['mqtt', 'url'], cli.mqttUrl);
   if (cli.deviceId !== undefined) setPath(raw, ['deviceId'], cli.deviceId);
+  const pinned = [...fromEnv].map((p) => p.slice(1).replace(/\//g, '.'));
+  for (const [flag, at] of [['inbox', 'inbox'], ['stateDir', 'stateDir'], ['mqttUrl', 'mqtt.url'], ['deviceId', 'deviceId']] as const) {
+    if (cli[flag] !== undefined && !pinned.includes(at)) pinned.push(at);
+  }
 
   if (!validate(raw)) {
     for (const e of validate.errors ?? []) {
       const { at, message } = describe(e);
-      const where = fromEnv.has(at) ? ' (from environment)' : doc ? lineSuffix(doc, counter, at) : '';
+      const where = fromEnv.has(at)
+        ? ' (from environment)'
+        : fromOverrides.has(at) || [...fromOverrides].some((o) => o.startsWith(`${at}/`))
+          ? options.overrides !== undefined
+            ? ' (from the requested overrides)'
+            : ` (from ${overridesFile ?? 'state-dir overrides'})`
+          : doc
+            ? lineSuffix(doc, counter, at)
+            : '';
       problems.push(`${pointerToPath(at)}: ${message}${where}`);
     }
     throw new ConfigError(dedupe(problems), source);
@@ -239,6 +294,10 @@ export function loadConfig(file: string | undefined, options: LoadOptions = {}):
   if (config.deviceId === '') {
     config.deviceId = hostname().replace(/[^A-Za-z0-9._-]/g, '-') || 'edge-agent';
   }
+  if (config.deviceId === 'group') problems.push('deviceId: "group" is reserved by the fleet topics (<base>/group/<group>/...)');
+  // The top-level `groups` (deprecated) and fleet.groups are one list; both fields show it.
+  config.fleet.groups = [...new Set([...config.fleet.groups, ...config.groups])];
+  config.groups = config.fleet.groups;
   config.inbox = path.resolve(cwd, config.inbox);
   config.stateDir = path.resolve(cwd, config.stateDir);
   config.doneDir = config.doneDir ? path.resolve(cwd, config.doneDir) : path.join(path.dirname(config.inbox), 'done');
@@ -303,7 +362,50 @@ export function loadConfig(file: string | undefined, options: LoadOptions = {}):
     if (salt) config.privacy.uidSaltFile = salt;
   }
   if (problems.length > 0) throw new ConfigError(problems, source);
-  return { config, source };
+  return { config, source, overrides, overridesFile, pinned };
+}
+
+/** The overrides in `file`: {} when there is none, a problem (string) when it cannot be used. */
+export function readOverridesFile(file: string): Record<string, unknown> | string {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return {};
+    return `(overrides): cannot read ${file}: ${(err as Error).message}`;
+  }
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch (err) {
+    return `(overrides): ${file} is not valid JSON (${(err as Error).message}); fix or remove it`;
+  }
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return `(overrides): ${file} must hold a JSON object`;
+  return value as Record<string, unknown>;
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** `b` over `a`, objects merged key by key, everything else (lists too) replaced. Returns a new object. */
+export function mergeDeep(a: Record<string, unknown>, b: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...a };
+  for (const [k, v] of Object.entries(b)) {
+    const av = out[k];
+    out[k] = isPlainObject(v) && isPlainObject(av) ? mergeDeep(av, v) : structuredClone(v);
+  }
+  return out;
+}
+
+/** Paths of the non-object values in `obj` (an empty object counts as a value). */
+export function leafPaths(obj: Record<string, unknown>, at: string[] = []): string[][] {
+  const out: string[][] = [];
+  for (const [k, v] of Object.entries(obj)) {
+    if (isPlainObject(v) && Object.keys(v).length > 0) out.push(...leafPaths(v, [...at, k]));
+    else out.push([...at, k]);
+  }
+  return out;
 }
 
 function lineSuffix(doc: ReturnType<typeof parseDocument>, counter: LineCounter, at: string): string {

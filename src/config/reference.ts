@@ -28,9 +28,11 @@ function fmt(v: unknown): string {
 export function renderConfigReference(): string {
   const env = new Map(envVariables().map((v) => [v.path.join('.'), v.name]));
   const rows: string[] = [];
-  const walk = (node: Node, at: string[]): void => {
+  // `x-restart` on an object covers every setting in it.
+  const walk = (node: Node, at: string[], restartAbove = false): void => {
+    const restart = restartAbove || node['x-restart'] === true;
     if (node.type === 'object' && node.properties && Object.keys(node.properties).length > 0) {
-      for (const [k, child] of Object.entries(node.properties)) walk(child, [...at, k]);
+      for (const [k, child] of Object.entries(node.properties)) walk(child, [...at, k], restart);
       return;
     }
     const key = at.join('.');
@@ -44,7 +46,7 @@ export function renderConfigReference(): string {
       type = `${one.join(' \\| ')}, or a list of ${(node.items?.enum ?? []).map((e) => String(e)).join(' \\| ')}`;
     }
     const range = node.minimum !== undefined || node.maximum !== undefined ? ` (${node.minimum ?? ''}..${node.maximum ?? ''})` : '';
-    const notes = [node.description ?? '', node['x-restart'] ? '**restart required**' : ''].filter(Boolean).join('; ');
+    const notes = [node.description ?? '', restart ? '**restart required**' : ''].filter(Boolean).join('; ');
     rows.push(`| \`${key}\` | ${type}${range} | ${fmt(node.default)} | \`${env.get(key) ?? ''}\` | ${notes.replace(/\|/g, '\\|')} |`);
   };
   walk(configSchema, []);
@@ -54,8 +56,12 @@ export function renderConfigReference(): string {
     '<!-- Generated from src/config/schema.ts by `edge-agent config-reference`; a test keeps it in sync. -->',
     '',
     'A device config is one YAML file (examples in `device-configs/`). Every setting is optional; the',
-    'defaults below apply. Precedence, lowest first: defaults, the YAML file, environment variables,',
-    'command-line flags (`--inbox`, `--state-dir`, `--mqtt-url`, `--device-id`).',
+    'defaults below apply. Precedence, lowest first: defaults, the YAML file, the state-dir overrides',
+    '(`<stateDir>/config-overrides.json`, written by the fleet `set-config` command; `edge-agent run` only),',
+    'environment variables, command-line flags (`--inbox`, `--state-dir`, `--mqtt-url`, `--device-id`).',
+    'Environment and flags win over a remote change on purpose: they are how the operator on the box pins',
+    'a value (`set-config` reports such settings as `pinned`). Settings marked **restart required** are',
+    'stored by `set-config` and take effect at the next start; the others apply at once (docs/MQTT.md).',
     '',
     '- Environment variables are derived from the setting path: `EDGE_AGENT_` + the path in',
     '  SCREAMING_SNAKE_CASE with `__` between levels. Lists take `a,b,c` or YAML `[a, b]`.',

@@ -3,7 +3,9 @@
  * docs/CONFIG.md) the reference. Every object carries `default: {}` so Ajv's `useDefaults` fills the
  * nested defaults of a config that leaves a whole section out.
  *
- * `x-restart: true` marks settings that cannot be applied live (used by remote set-config later).
+ * `x-restart: true` marks settings that cannot be applied live; on an object it covers every setting in it.
+ * Remote `set-config` (src/fleet/config-store.ts) applies the others at once and answers `restartRequired`
+ * for these; a test checks that every setting without the mark is one the agent can apply live.
  */
 
 export type FramePolicy = 'first' | 'middle' | 'all';
@@ -99,6 +101,13 @@ export interface AgentConfig {
   shutdown: {
     flushTimeoutMs: number;
   };
+  fleet: {
+    /** Groups whose requests (and group desired state) this agent follows; the top-level `groups` is merged in. */
+    groups: string[];
+    healthIntervalSec: number;
+    latencyWindow: number;
+    commands: { enabled: boolean };
+  };
 }
 
 /** Runtime types a bundle file can be served by (the registry's `type`s; src/runtimes/registry.ts). */
@@ -123,9 +132,9 @@ export const configSchema = {
   type: 'object',
   additionalProperties: false,
   properties: {
-    deviceId: { ...topicLevel, minLength: 0, pattern: '^[^+#/\\u0000]*$', description: 'one MQTT topic level without "/", "+" or "#" (default: the host name)', default: '' },
+    deviceId: { ...topicLevel, minLength: 0, pattern: '^[^+#/\\u0000]*$', description: 'one MQTT topic level without "/", "+" or "#" (default: the host name); `group` is reserved', default: '', 'x-restart': true },
     configId: { type: 'string', default: 'default', description: 'id of the device config, reported in health' },
-    groups: { type: 'array', items: topicLevel, default: [], description: 'fleet groups', 'x-restart': true },
+    groups: { type: 'array', items: topicLevel, default: [], description: 'fleet groups (deprecated: use fleet.groups; both are merged)', 'x-restart': true },
     inbox: { type: 'string', minLength: 1, default: './var/inbox', 'x-restart': true },
     stateDir: { type: 'string', minLength: 1, default: './var/state', 'x-restart': true },
     doneDir: { type: 'string', default: '', description: 'default: <inbox>/../done', 'x-restart': true },
@@ -177,6 +186,8 @@ export const configSchema = {
       type: 'object',
       additionalProperties: false,
       default: {},
+      // every model setting needs a restart (remote set-config answers restartRequired; src/fleet/config-store.ts)
+      'x-restart': true,
       properties: {
         bundle: { type: 'string', default: '', description: 'bundle directory; default: the shipped models/orientation-qa' },
         runtime: {
@@ -257,6 +268,8 @@ export const configSchema = {
       type: 'object',
       additionalProperties: false,
       default: {},
+      // every mqtt setting needs a restart (remote set-config answers restartRequired; src/fleet/config-store.ts)
+      'x-restart': true,
       properties: {
         url: { type: 'string', default: '', pattern: '^$|^(mqtts?|wss?|tcp|ssl)://', description: 'a broker URL (mqtt://, mqtts://, ws://, wss://) or empty for the embedded broker' },
         embedded: {
@@ -300,13 +313,15 @@ export const configSchema = {
       default: {},
       properties: {
         allowUids: { type: 'boolean', default: false },
-        uidSaltFile: { type: 'string', default: '' },
+        uidSaltFile: { type: 'string', default: '', 'x-restart': true },
       },
     },
     logging: {
       type: 'object',
       additionalProperties: false,
       default: {},
+      // every logging setting needs a restart (remote set-config answers restartRequired; src/fleet/config-store.ts)
+      'x-restart': true,
       properties: {
         level: { ...logLevel, default: 'info' },
         components: { type: 'object', default: {}, additionalProperties: logLevel },
@@ -318,6 +333,37 @@ export const configSchema = {
       default: {},
       properties: {
         flushTimeoutMs: { type: 'integer', minimum: 0, maximum: 600000, default: 5000 },
+      },
+    },
+    fleet: {
+      type: 'object',
+      additionalProperties: false,
+      default: {},
+      description: 'fleet management over MQTT (docs/MQTT.md "Health" and "Commands")',
+      properties: {
+        groups: {
+          type: 'array', items: topicLevel, default: [], uniqueItems: true, 'x-restart': true,
+          description: 'groups this agent answers group requests (<base>/group/<g>/request/<cmd>) and follows group desired state for',
+        },
+        healthIntervalSec: {
+          type: 'integer', minimum: 1, maximum: 86400, default: 30,
+          description: 'retained health is published this often, and at once on a change (model, pause/resume, error, rollout step)',
+        },
+        latencyWindow: {
+          type: 'integer', minimum: 1, maximum: 100000, default: 500, 'x-restart': true,
+          description: 'health latencyMs p50/p99 are over this many most recent results (file seen -> result acknowledged by the broker)',
+        },
+        commands: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          properties: {
+            enabled: {
+              type: 'boolean', default: true, 'x-restart': true,
+              description: 'answer fleet commands on <base>/<device>/request/<cmd> (and group requests); false: no subscription at all',
+            },
+          },
+        },
       },
     },
   },

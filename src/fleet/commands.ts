@@ -39,6 +39,8 @@ export interface CommandContext {
    * the central server), else null. Informational (audit); authorisation is the broker's ACL.
    */
   sender: string | null;
+  /** Set by a handler to run something once the response went out (e.g. `restart`). */
+  afterResponse?: () => void;
 }
 
 /** A handler's result is the response's `data`; throwing answers `status: "error"` with the message. */
@@ -254,6 +256,13 @@ export class CommandRouter {
         await reply('error', err instanceof CommandError ? err.data : null, message);
       }
       this.record(ctx, outcome, payloadSha);
+      if (outcome === 'ok' && ctx.afterResponse) {
+        try {
+          ctx.afterResponse();
+        } catch (err) {
+          this.log.error({ err, cmd }, 'after-response action failed');
+        }
+      }
     };
     if (!command.exclusive) return run();
     this.pending++;
