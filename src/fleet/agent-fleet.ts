@@ -97,8 +97,9 @@ export class AgentFleet {
       },
     });
     this.commands = new CommandRouter({ deviceId: c.deviceId, baseTopic: c.mqtt.baseTopic, groups: c.fleet.groups, log: o.log, audit: o.store.audit });
-    if (o.source) {
-      this.configStore = new ConfigStore({ running: c, loaded: o.source.loaded, load: o.source.load, apply: (paths) => this.applyLive(paths), log: o.log });
+    const source = o.source;
+    if (source) {
+      this.configStore = new ConfigStore({ running: c, loaded: source.loaded, load: (ov) => source.load(ov), apply: (paths) => this.applyLive(paths), log: o.log });
     }
     o.link.on('connected', () => this.health.changed('connected'));
   }

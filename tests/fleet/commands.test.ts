@@ -46,7 +46,7 @@ async function requester(url: string, filter: string, protocolVersion: 4 | 5 = 5
   return { client, replies };
 }
 
-async function routerOn(url: string, deviceId: string, groups: string[] = [], protocolVersion: 4 | 5 = 5) {
+function routerOn(url: string, deviceId: string, groups: string[] = [], protocolVersion: 4 | 5 = 5) {
   const link = new MqttLink({ url, deviceId, protocolVersion, logger: testLogger(), reconnectPeriodMs: 100 });
   cleanups.push(() => link.close());
   const audit: { cmd: string; outcome: string; payloadSha256: string; transaction?: string | null; sender: string | null }[] = [];
@@ -89,7 +89,7 @@ describe.skipIf(skipWithoutMosquitto)('command router on mosquitto (MQTT 5)', ()
   });
 
   it('answers registered commands with {status, deviceId, transaction, data, error}; refuses everything else without running a handler', async () => {
-    const r = await routerOn(broker.url, 'cmd-1');
+    const r = routerOn(broker.url, 'cmd-1');
     const calls: unknown[] = [];
     r.router.register('echo', { type: 'object', additionalProperties: false, properties: { n: { type: 'integer', minimum: 0 } } }, (data) => {
       calls.push(data);
@@ -142,7 +142,7 @@ describe.skipIf(skipWithoutMosquitto)('command router on mosquitto (MQTT 5)', ()
   });
 
   it('honours MQTT 5 Response Topic + Correlation Data, and answers group requests on its own response topic', async () => {
-    const r = await routerOn(broker.url, 'cmd-2', ['ward-7']);
+    const r = routerOn(broker.url, 'cmd-2', ['ward-7']);
     r.router.register('ping', { type: 'object' }, (_d, ctx) => ({ group: ctx.group, sender: ctx.sender }), { exclusive: false });
     await r.start();
     const { client, replies } = await requester(broker.url, 'imaging/cmd-2/response/+');
@@ -161,7 +161,7 @@ describe.skipIf(skipWithoutMosquitto)('command router on mosquitto (MQTT 5)', ()
   });
 
   it('runs state-changing commands one at a time in arrival order', async () => {
-    const r = await routerOn(broker.url, 'cmd-3');
+    const r = routerOn(broker.url, 'cmd-3');
     const log: string[] = [];
     r.router.register('slow', { type: 'object', properties: { id: { type: 'string' } } }, async (d) => {
       const id = (d as { id: string }).id;
@@ -182,7 +182,7 @@ describe('command router on the embedded aedes broker (MQTT 3.1.1)', () => {
   it('answers with the transaction echoed (no correlation data on 3.1.1)', async () => {
     const broker = await startEmbeddedBroker({ port: 0 });
     cleanups.push(() => broker.close());
-    const r = await routerOn(broker.url, 'aedes-cmd', [], 4);
+    const r = routerOn(broker.url, 'aedes-cmd', [], 4);
     r.router.register('ping', { type: 'object' }, () => 'pong', { exclusive: false });
     await r.start();
     const { client, replies } = await requester(broker.url, 'imaging/aedes-cmd/response/+', 4);
