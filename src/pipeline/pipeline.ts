@@ -16,6 +16,7 @@ import type { CompleteFile } from '../ingest/watcher.js';
 import type { Job, StateStore, OutboxMessage } from '../store/index.js';
 import type { Classifier } from './classifier.js';
 import { buildInput, buildResult, type ErrorReport, type ModelInfo, type PrivacyOptions } from './result.js';
+import { hashedName, shownFileName } from './names.js';
 
 export interface PipelineOptions {
   deviceId: string;
@@ -80,6 +81,8 @@ export class Pipeline {
   private stopping = false;
   private refused = false;
   private idleWaiters: (() => void)[] = [];
+  /** File names as logs and error reports may show them, per job hash (src/pipeline/names.ts). */
+  private readonly shownNames = new Map<string, string>();
   readonly stats: PipelineStats = { accepted: 0, processed: 0, failed: 0, duplicates: 0, inMemory: 0, running: 0 };
 
   constructor(
@@ -163,7 +166,9 @@ export class Pipeline {
       .catch((err: unknown) => {
         // e.g. the state store cannot be written: the file stays in the inbox and is offered again.
         this.pathsInFlight.delete(file.path);
-        this.log.error({ err, file: file.name }, 'could not take the file; it stays in the inbox');
+        void shownFileName(file.path, file.name, null, this.opts.privacy.allowUids).then((shown) =>
+          this.log.error({ err, file: shown }, 'could not take the file; it stays in the inbox'),
+        );
       })
       .finally(() => {
         this.hashing.delete(file.path);
@@ -173,7 +178,6 @@ export class Pipeline {
   }
 
   private async intake(file: CompleteFile): Promise<void> {
-    const log = this.log.child({ file: file.name });
     let hash: string;
     try {
       if (file.size > this.opts.maxFileBytes) {
@@ -187,10 +191,12 @@ export class Pipeline {
     } catch (err) {
       // Vanished between "complete" and hashing (moved away by someone else): nothing to take.
       this.pathsInFlight.delete(file.path);
-      log.warn({ err: (err as Error).message }, 'file disappeared before it could be taken');
+      const shown = await shownFileName(file.path, file.name, null, this.opts.privacy.allowUids);
+      this.log.warn({ file: shown, err: (err as NodeJS.ErrnoException).code ?? (err as Error).message }, 'file disappeared before it could be taken');
       return;
     }
     const { outcome, job } = this.store.journal.accept({ hash, name: file.name, path: file.path, size: file.size });
+    const log = this.log.child({ file: await this.shownName({ hash, name: file.name, path: file.path }) });
     this.stats.accepted++;
     if (outcome === 'duplicate') {
       this.stats.duplicates++;
@@ -257,7 +263,7 @@ export class Pipeline {
   private async runJob(hash: string): Promise<boolean> {
     const job = this.store.journal.get(hash);
     if (!job || (job.state !== 'queued' && job.state !== 'decoded')) return false;
-    const log = this.log.child({ file: job.name, hash: hash.slice(0, 12) });
+    const log = this.log.child({ file: await this.shownName(job), hash: hash.slice(0, 12) });
     const attempts = this.store.journal.beginAttempt(hash);
     if (attempts > this.opts.maxAttempts) {
       await this.quarantine(job, 'too-many-attempts', `processing failed or was interrupted ${attempts - 1} times`, 'pipeline');
@@ -283,6 +289,7 @@ export class Pipeline {
       const t2 = performance.now();
       this.store.journal.markDecoded(hash, { modality: capture.meta.modality, frames: capture.frames.length });
       const classifier = this.classifier;
+      const shown = await this.shownName(job);
       const out = await classifier.classify(capture.frames);
       const t3 = performance.now();
       const messages: OutboxMessage[] = capture.frames.map((frame, i) => {
@@ -291,7 +298,7 @@ export class Pipeline {
           labels: classifier.labels,
           probabilities: out.probabilities[i]!,
           model: classifier.info,
-          input: buildInput(job.name, hash, capture.kind, capture.meta, frame, this.opts.privacy),
+          input: buildInput(shown, hash, capture.kind, capture.meta, frame, this.opts.privacy),
           timings: {
             queue: queuedMs,
             read: t1 - t0,
@@ -346,18 +353,19 @@ export class Pipeline {
 
   /** Marks the job failed, publishes an error report and moves the file to quarantine/ with a sidecar. */
   private async quarantine(job: Job, code: string, reason: string, stage: string): Promise<void> {
+    const shown = await this.shownName(job);
     const report: ErrorReport = {
       deviceId: this.opts.deviceId,
       code,
       message: reason,
       stage,
-      input: { fileName: path.posix.basename(job.name), contentHash: `sha256:${job.hash}` },
+      input: { fileName: path.posix.basename(shown), contentHash: `sha256:${job.hash}` },
       createdAt: new Date().toISOString(),
     };
     this.store.journal.fail(job.hash, code, reason, { resultId: null, topic: this.opts.topics.error, payload: JSON.stringify(report) });
     this.stats.failed++;
     this.events.onOutbox?.();
-    this.log.warn({ file: job.name, code, reason }, 'file quarantined');
+    this.log.warn({ file: shown, code, reason }, 'file quarantined');
     const failed = this.store.journal.get(job.hash);
     if (failed) {
       this.events.onFailure?.(code, failed);
@@ -408,10 +416,27 @@ export class Pipeline {
         this.store.journal.markFinalized(job.hash, dest);
       }
     } catch (err) {
-      this.log.error({ err, file: job.name }, 'could not move the finished file out of the inbox; will retry at next start');
+      this.log.error(
+        { err, file: this.shownNames.get(job.hash) ?? hashedName(job.name, job.hash) },
+        'could not move the finished file out of the inbox; will retry at next start',
+      );
     } finally {
       this.pathsInFlight.delete(job.path);
+      this.shownNames.delete(job.hash);
     }
+  }
+
+  /**
+   * The job's file name as logs and published error reports may show it: its content hash instead when
+   * the name repeats data from the file's header (a UID, the patient's name or ID), unless privacy.allowUids.
+   */
+  private async shownName(job: Pick<Job, 'hash' | 'name' | 'path'>): Promise<string> {
+    let shown = this.shownNames.get(job.hash);
+    if (shown === undefined) {
+      shown = await shownFileName(job.path, job.name, job.hash, this.opts.privacy.allowUids);
+      this.shownNames.set(job.hash, shown);
+    }
+    return shown;
   }
 
   /** Stops taking jobs and waits for the running ones to finish (queued ones stay in the journal). */
