@@ -78,6 +78,7 @@ program
   .option('--runs <n>', 'timed batch-1 runs of each model', positiveInt, DEFAULTS.latencyRuns)
   .option('--warmup <n>', 'untimed runs of each model first', positiveInt, DEFAULTS.warmup)
   .option('--max-drop <points>', 'largest accuracy drop accepted, percentage points', nonNegative, DEFAULTS.maxDropPoints)
+  .option('--min-agreement <share>', 'smallest share (0-1) of evaluation cases where int8 must give the fp32 label', nonNegative, DEFAULTS.minAgreement)
   .option('--min-speedup <x>', 'int8 must be more than this many times faster than fp32', nonNegative, DEFAULTS.minSpeedup)
   .option('--force', 'write even when the gate fails; the failure is recorded in the manifest')
   .option('--key <pem>', 'Ed25519 private key (PEM) to re-sign manifest.json with')
@@ -104,6 +105,7 @@ program
         warmup: opts.warmup as number,
         maxDropPoints: opts.maxDrop as number,
         minSpeedup: opts.minSpeedup as number,
+        minAgreement: opts.minAgreement as number,
         force: Boolean(opts.force),
         key: opts.key as string | undefined,
         output: opts.output as string,

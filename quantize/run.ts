@@ -43,6 +43,8 @@ export interface QuantizeOptions {
   maxDropPoints: number;
   /** int8 must be at least this much faster (fp32 median / int8 median must exceed it). */
   minSpeedup: number;
+  /** Smallest share of evaluation cases where int8 gives the fp32 label (0..1). */
+  minAgreement: number;
   force: boolean;
   /** Private key (PEM file) to re-sign the manifest with. */
   key?: string;
@@ -67,6 +69,7 @@ export const DEFAULTS = {
   warmup: 20,
   maxDropPoints: 1,
   minSpeedup: 1,
+  minAgreement: 0.98,
   output: 'model_int8.onnx',
 };
 
@@ -94,7 +97,7 @@ export interface QuantizeReport {
   evaluation: SetSummary & { layout: string } & AccuracyReport;
   latency: LatencyReport;
   goldenMaxAbsDiff: number;
-  gate: { maxAccuracyDropPoints: number; minSpeedup: number; passed: boolean; failures: string[]; forced: boolean };
+  gate: { maxAccuracyDropPoints: number; minLabelAgreement: number; minSpeedup: number; passed: boolean; failures: string[]; forced: boolean };
   machine: Record<string, unknown>;
   ranges: { path: string; sha256: string; tensors: number } | null;
   written: boolean;
@@ -220,6 +223,12 @@ export async function quantizeBundle(o: QuantizeOptions): Promise<QuantizeReport
         `accuracy drop ${acc.accuracyDropPoints.toFixed(2)} points > ${o.maxDropPoints} (fp32 ${(acc.fp32Accuracy * 100).toFixed(2)}%, int8 ${(acc.int8Accuracy * 100).toFixed(2)}% on ${acc.cases} cases)`,
       );
     }
+    // a different model that happens to score as well on a small set is still a different model
+    if (acc.labelAgreement < o.minAgreement) {
+      failures.push(
+        `int8 changes the fp32 label of ${((1 - acc.labelAgreement) * 100).toFixed(2)}% of cases (label agreement ${(acc.labelAgreement * 100).toFixed(2)}% < ${(o.minAgreement * 100).toFixed(2)}%)`,
+      );
+    }
     if (!(lat.speedup > o.minSpeedup)) {
       failures.push(
         `int8 is not faster than fp32 here: ${lat.int8MedianMs} ms vs ${lat.fp32MedianMs} ms median at ${o.threads} thread(s) (speedup ${lat.speedup}x, needs > ${o.minSpeedup}x)`,
@@ -245,7 +254,7 @@ export async function quantizeBundle(o: QuantizeOptions): Promise<QuantizeReport
       evaluation: { layout: ev.layout, ...ev.summary, ...acc },
       latency: lat,
       goldenMaxAbsDiff: goldenMax,
-      gate: { maxAccuracyDropPoints: o.maxDropPoints, minSpeedup: o.minSpeedup, passed: failures.length === 0, failures, forced: failures.length > 0 && o.force },
+      gate: { maxAccuracyDropPoints: o.maxDropPoints, minLabelAgreement: o.minAgreement, minSpeedup: o.minSpeedup, passed: failures.length === 0, failures, forced: failures.length > 0 && o.force },
       machine: machineInfo(ort.env.versions.node ?? ort.env.versions.common ?? 'unknown'),
       ranges: rangesJson ? { path: rangesRel ?? rangesFile, sha256: sha256(rangesJson), tensors: Object.keys(ranges ?? {}).length } : null,
       written: false,
