@@ -357,6 +357,10 @@ export function loadConfig(file: string | undefined, options: LoadOptions = {}):
     problems.push('mqtt.tls: certFile and keyFile go together (mutual TLS needs both)');
   }
   if (config.mqtt.password && !config.mqtt.username) problems.push('mqtt.username: required when a password is set');
+  if (config.fleet.download.caFile) {
+    const ca = fileSetting('fleet.download.caFile', config.fleet.download.caFile);
+    if (ca) config.fleet.download.caFile = ca;
+  }
   if (config.privacy.uidSaltFile) {
     const salt = fileSetting('privacy.uidSaltFile', config.privacy.uidSaltFile);
     if (salt) config.privacy.uidSaltFile = salt;

@@ -107,6 +107,10 @@ export interface AgentConfig {
     healthIntervalSec: number;
     latencyWindow: number;
     commands: { enabled: boolean };
+    /** Installed model versions kept on disk (model rollout); the active and previous are never deleted. */
+    keepVersions: number;
+    /** Model bundle downloads from the central registry (desired/model). */
+    download: { maxBytes: number; timeoutMs: number; caFile: string };
   };
 }
 
@@ -362,6 +366,28 @@ export const configSchema = {
               type: 'boolean', default: true, 'x-restart': true,
               description: 'answer fleet commands on <base>/<device>/request/<cmd> (and group requests); false: no subscription at all',
             },
+          },
+        },
+        keepVersions: {
+          type: 'integer', minimum: 2, maximum: 100, default: 3, 'x-restart': true,
+          description: 'model versions kept installed in <stateDir>/models (model rollout, docs/MQTT.md "Model rollout"); the active and the previous one are never deleted',
+        },
+        download: {
+          type: 'object',
+          additionalProperties: false,
+          default: {},
+          'x-restart': true,
+          description: 'model bundle downloads from the central registry (desired/model url)',
+          properties: {
+            maxBytes: {
+              type: 'integer', minimum: 1024, default: 1073741824,
+              description: 'hard cap on a bundle download in bytes, whatever size the desired document states (that size is a cap too)',
+            },
+            timeoutMs: {
+              type: 'integer', minimum: 1000, maximum: 3600000, default: 60000,
+              description: 'no data for this long ends a download attempt; the next attempt resumes with a Range request (5 attempts)',
+            },
+            caFile: { type: 'string', default: '', description: 'PEM CA that signed the registry\'s https certificate (default: the system CAs)' },
           },
         },
       },

@@ -317,6 +317,7 @@ export class RolloutManager {
     if (this.record.current && desiredKey(this.record.current.desired) === key) return; // already resumed from the record
     if (this.record.last?.key === key) {
       // the same document again (reconnect, restart): its outcome stands
+      this.log.info({ rolloutId: doc.rolloutId, phase: this.record.last.state.phase }, 'desired model document already handled; its outcome stands');
       await this.report({ ...this.record.last.state, serving: this.servingRef(), at: new Date().toISOString() });
       return;
     }
@@ -793,4 +794,36 @@ function argmax(v: number[]): number {
     }
   }
   return best;
+}
+
+/** The part of the command router (src/fleet/commands.ts) the rollout commands need. */
+export interface RolloutCommandRouter {
+  register(name: string, dataSchema: object, handler: (data: unknown, ctx: { sender: string | null }) => unknown, opts?: { exclusive?: boolean }): void;
+}
+
+const versionArg = { type: 'string', minLength: 1, maxLength: 128, pattern: semver } as const;
+
+/**
+ * Registers `models`, `activate {version, id?}` and `rollback {version?}` (docs/MQTT.md "Commands").
+ * `activate`/`rollback` answer with the model now serving, or an error (the serving model then stays).
+ */
+export function registerRolloutCommands(router: RolloutCommandRouter, rollout: RolloutManager): void {
+  router.register('models', { type: 'object', additionalProperties: false }, () => rollout.models(), { exclusive: false });
+  router.register(
+    'activate',
+    {
+      type: 'object',
+      additionalProperties: false,
+      required: ['version'],
+      properties: { version: versionArg, id: desiredModelSchema.properties.id },
+    },
+    async (data, ctx) => {
+      const d = data as { version: string; id?: string };
+      return { serving: await rollout.activate(d.version, ctx.sender ?? 'central', d.id) };
+    },
+  );
+  router.register('rollback', { type: 'object', additionalProperties: false, properties: { version: versionArg } }, async (data, ctx) => {
+    const d = (data ?? {}) as { version?: string };
+    return { serving: await rollout.rollback(d.version, ctx.sender ?? 'central') };
+  });
 }
