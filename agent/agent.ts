@@ -169,6 +169,15 @@ export class Agent {
       this.logger.component('pipeline'),
       {
         onOutbox: () => link.kick(),
+        // The pipeline pauses intake and logs; the fleet hears it once per episode on `error`.
+        onStoreFull: (err) =>
+          link.publishError({
+            deviceId: c.deviceId,
+            code: 'state-store-full',
+            message: `state store is full (${err.message}): intake paused, captures wait in the inbox; it resumes by itself when space returns`,
+            stage: 'store',
+            createdAt: new Date().toISOString(),
+          }),
         // A commanded pause (fleet `pause`, persistent) outlasts backpressure.
         onRoom: () => (fleet.ingest.paused ? undefined : this.watcher?.resume()),
         onPublished: (job) => fleet.onPublished(job),

@@ -244,18 +244,20 @@ export class CommandRouter {
       return reply('error', null, `busy: ${this.pending} commands are waiting; try again later`);
     }
     const run = async (): Promise<void> => {
+      // The audit record is written before the answer goes out: a sender that saw the answer finds the record.
       let outcome: string;
       try {
         const data = await command.handler(request.data, ctx);
         outcome = 'ok';
+        this.record(ctx, outcome, payloadSha);
         await reply('ok', data ?? null, null);
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
         outcome = `error: ${message}`.slice(0, 500);
         if (!(err instanceof CommandError)) this.log.warn({ err, cmd }, `command ${cmd} failed`);
+        this.record(ctx, outcome, payloadSha);
         await reply('error', err instanceof CommandError ? err.data : null, message);
       }
-      this.record(ctx, outcome, payloadSha);
       if (outcome === 'ok' && ctx.afterResponse) {
         try {
           ctx.afterResponse();

@@ -31,6 +31,8 @@ export interface PipelineOptions {
   decode: DecodeOptions;
   privacy: PrivacyOptions;
   topics: { result: string; error: string };
+  /** While the state disk is full: how often a small write probes whether space came back (default 2000). */
+  storeFullPollMs?: number;
 }
 
 export interface PipelineEvents {
@@ -38,6 +40,13 @@ export interface PipelineEvents {
   onOutbox?: () => void;
   /** Called when the pipeline has room again after refusing a file. */
   onRoom?: () => void;
+  /**
+   * The state store's disk is full (SQLITE_FULL / ENOSPC): intake is paused, files stay in the inbox.
+   * Called once per episode (again only after a capture was processed since the last one).
+   */
+  onStoreFull?: (err: Error) => void;
+  /** A write to the state store succeeded again after onStoreFull: intake resumed. */
+  onStoreRecovered?: (pausedMs: number) => void;
   onResult?: (resultId: string, job: Job) => void;
   onFailure?: (code: string, job: Job) => void;
   /**
@@ -81,6 +90,13 @@ export class Pipeline {
   private stopping = false;
   private refused = false;
   private idleWaiters: (() => void)[] = [];
+  /** Set while the state store's disk is full (see enterStoreFull). */
+  private storeFull: { since: number; timer: NodeJS.Timeout } | undefined;
+  private storeFullReported = false;
+  /** Files whose intake hit the full disk (the watcher had handed them over): offered again on recovery. */
+  private parked = new Map<string, CompleteFile>();
+  /** Finished jobs whose move out of the inbox could not be recorded on the full disk. */
+  private unfinalized = new Set<string>();
   /** File names as logs and error reports may show them, per job hash (src/pipeline/names.ts). */
   private readonly shownNames = new Map<string, string>();
   readonly stats: PipelineStats = { accepted: 0, processed: 0, failed: 0, duplicates: 0, inMemory: 0, running: 0 };
@@ -156,7 +172,7 @@ export class Pipeline {
   offer(file: CompleteFile): boolean {
     if (this.stopping) return false;
     if (this.pathsInFlight.has(file.path)) return true;
-    if (this.load >= this.opts.queueCapacity) {
+    if (this.load >= this.opts.queueCapacity || this.storeFull) {
       this.refused = true;
       return false;
     }
@@ -189,6 +205,7 @@ export class Pipeline {
       }
       hash = await hashFile(file.path);
     } catch (err) {
+      if (isDiskFull(err)) throw err;
       // Vanished between "complete" and hashing (moved away by someone else): nothing to take.
       this.pathsInFlight.delete(file.path);
       const shown = await shownFileName(file.path, file.name, null, this.opts.privacy.allowUids);
@@ -231,8 +248,10 @@ export class Pipeline {
       this.stats.running = this.running;
       void this.runJob(hash)
         .catch((err: unknown) => {
-          // Only the journal itself failing gets here; the job stays unfinished and resumes at next start.
-          this.log.error({ err, hash: hash.slice(0, 12) }, 'job could not run');
+          // Only the journal itself failing gets here; the job stays unfinished and resumes at next start
+          // (or, when the disk was full, once space returns: enterStoreFull).
+          if (isDiskFull(err)) this.enterStoreFull(err as Error);
+          else this.log.error({ err, hash: hash.slice(0, 12) }, 'job could not run');
           return false;
         })
         .then((retry) => {
@@ -318,12 +337,18 @@ export class Pipeline {
         );
       })();
       this.stats.processed++;
+      this.storeFullReported = false;
       this.events.onOutbox?.();
       for (const m of messages) this.events.onResult?.(m.resultId!, job);
       this.events.onClassified?.({ frames: capture.frames, probabilities: out.probabilities, labels: classifier.labels, model: classifier.info });
       log.debug({ results: messages.length, ms: Math.round(t3 - t0) }, 'classified');
       return false;
     } catch (err) {
+      if (isDiskFull(err)) {
+        // Not the input's fault: the job stays unfinished in the journal and runs again once space returns.
+        this.enterStoreFull(err as Error);
+        return false;
+      }
       try {
         if (err instanceof InputError) {
           await this.quarantine(job, err.code, err.message, err.code === 'missing' ? 'ingest' : 'decode');
@@ -344,8 +369,9 @@ export class Pipeline {
         await new Promise((r) => setTimeout(r, 200 * attempts));
         return true;
       } catch (inner) {
-        // e.g. the state disk is full: the job stays unfinished in the journal and resumes at next start.
-        log.error({ err: inner }, 'could not record the failure of a job');
+        // e.g. the state disk is full: the job stays unfinished in the journal and runs again later.
+        if (isDiskFull(inner)) this.enterStoreFull(inner as Error);
+        else log.error({ err: inner }, 'could not record the failure of a job');
         return false;
       }
     }
@@ -439,9 +465,74 @@ export class Pipeline {
     return shown;
   }
 
+  /** True while intake is paused because the state store's disk is full. */
+  get storeFullPaused(): boolean {
+    return this.storeFull !== undefined;
+  }
+
+  /**
+   * The state store's disk is full: pause intake (offers are refused, so the watcher keeps the files,
+   * which stay in the inbox), say so once, and probe with a small write every storeFullPollMs until
+   * one succeeds. Nothing is lost: a job that could not commit stays unfinished in the journal (or
+   * was never accepted) and runs again; results already in the outbox keep going out.
+   */
+  private enterStoreFull(err: Error): void {
+    if (this.storeFull || this.stopping) return;
+    const pollMs = this.opts.storeFullPollMs ?? 2000;
+    this.storeFull = { since: Date.now(), timer: setInterval(() => void this.probeStore(), pollMs) };
+    this.refused = true;
+    this.log.error(
+      { err: err.message, code: (err as Error & { code?: string }).code, pollMs },
+      'state store is full (no space left on its disk): intake paused, captures stay in the inbox; resuming when space returns',
+    );
+    if (!this.storeFullReported) {
+      this.storeFullReported = true;
+      this.events.onStoreFull?.(err);
+    }
+  }
+
+  private async probeStore(): Promise<void> {
+    const full = this.storeFull;
+    if (!full || this.stopping) return;
+    try {
+      // The checkpoint first: it truncates the WAL, which is what filled the disk if nothing else did.
+      this.store.checkpoint();
+      this.store.probeWrite();
+      this.store.outbox.flushAcks();
+    } catch (err) {
+      if (isDiskFull(err)) return; // still full
+      this.log.error({ err }, 'state store probe failed');
+      return;
+    }
+    clearInterval(full.timer);
+    this.storeFull = undefined;
+    const pausedMs = Date.now() - full.since;
+    this.log.info({ pausedMs }, 'state store has space again: intake resumed');
+    this.events.onStoreRecovered?.(pausedMs);
+    // Jobs a full disk interrupted (unfinished in the journal, no longer in memory), then files it
+    // refused at intake, then the watcher's waiting files.
+    for (const job of this.store.journal.unfinished()) {
+      if (this.known.has(job.hash)) continue;
+      if (this.load >= this.opts.queueCapacity) break; // the rest come back at the next recovery or start
+      this.enqueue(job.hash, job.path);
+    }
+    for (const hash of [...this.unfinalized]) {
+      this.unfinalized.delete(hash);
+      const job = this.store.journal.get(hash);
+      if (job) await this.finalize(job);
+    }
+    for (const [p, file] of [...this.parked]) {
+      if (!this.offer(file)) break;
+      this.parked.delete(p);
+    }
+    this.refused = false;
+    this.events.onRoom?.();
+  }
+
   /** Stops taking jobs and waits for the running ones to finish (queued ones stay in the journal). */
   async stop(): Promise<void> {
     this.stopping = true;
+    if (this.storeFull) clearInterval(this.storeFull.timer);
     this.queue.length = 0;
     if (this.running > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
@@ -451,6 +542,12 @@ export class Pipeline {
     if (this.running === 0 && this.queue.length === 0 && this.hashing.size === 0) return;
     await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
   }
+}
+
+/** The state store could not write because its disk is full (SQLite SQLITE_FULL, or ENOSPC from the OS). */
+export function isDiskFull(err: unknown): boolean {
+  const code = (err as { code?: unknown } | null)?.code;
+  return code === 'SQLITE_FULL' || code === 'ENOSPC';
 }
 
 /** An error whose `code` is 'poison-input' (SupervisorError from the inference supervisor). */

@@ -50,6 +50,25 @@ export class StateStore {
     return salt;
   }
 
+  /**
+   * A small real write (one meta row, committed): throws SQLITE_FULL while the store's disk is full.
+   * The pipeline probes with it to resume intake once space returns.
+   */
+  probeWrite(): void {
+    setMeta(this.db, 'write_probe', String(Date.now()));
+  }
+
+  /**
+   * Copies the WAL into the database and truncates it to zero bytes. The WAL only grows between
+   * checkpoints (auto-checkpoint at 1000 pages, ~4 MB), so on a full disk this is what frees space:
+   * without it a WAL that filled the disk stays full forever (no commit, so no auto-checkpoint).
+   * Returns false when a reader kept it from completing.
+   */
+  checkpoint(): boolean {
+    const r = this.db.pragma('wal_checkpoint(TRUNCATE)') as { busy: number }[];
+    return r[0]?.busy === 0;
+  }
+
   close(): void {
     if (this.db.open) this.db.close();
   }

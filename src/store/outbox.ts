@@ -39,9 +39,26 @@ export class Outbox {
     return this.nextStmt.all(afterSeq, limit) as OutboxEntry[];
   }
 
+  /** PUBACKs received but not yet recorded (the store's disk was full); oldest first. */
+  private readonly pendingAcks = new Set<number>();
+
+  /**
+   * Records a PUBACK. When the write fails (disk full) the ack is kept in memory and retried with the
+   * next ack or flushAcks(), and the error is thrown to the caller; if the process dies first, the row
+   * goes out again after the restart: a duplicate with the same resultId, never a loss.
+   */
   ack(seq: number): void {
-    const published = this.ackTx(seq);
-    if (published) this.onJobPublished?.(published);
+    this.pendingAcks.add(seq);
+    this.flushAcks();
+  }
+
+  /** Writes the acks a full disk held back (the pipeline calls it when space returns). */
+  flushAcks(): void {
+    for (const seq of [...this.pendingAcks]) {
+      const published = this.ackTx(seq);
+      this.pendingAcks.delete(seq);
+      if (published) this.onJobPublished?.(published);
+    }
   }
 
   size(): number {

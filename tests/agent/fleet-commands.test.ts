@@ -5,6 +5,7 @@
 import { copyFileSync, existsSync, readdirSync, readFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
+import Database from 'better-sqlite3';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CommandResponse, HealthPayload } from '../../src/fleet/protocol.js';
@@ -164,6 +165,25 @@ describe.skipIf(skipWithoutMosquitto)('fleet health and commands (real agent, re
     const gone = await central.request(`${req}/reprocess`, { hash: 'a'.repeat(64) });
     expect(gone).toMatchObject({ status: 'error' });
     expect(gone.error).toMatch(/no capture with content hash/);
+
+    // Every request is in the audit log (append-only SQLite): command, payload hash, outcome, never the payload.
+    const db = new Database(path.join(dirs.stateDir, 'agent.db'), { readonly: true });
+    let commands: { cmd: string; outcome: string; payloadSha256: string; transaction: string | null }[];
+    try {
+      commands = (db.prepare("SELECT data FROM audit WHERE kind = 'command' ORDER BY seq").all() as { data: string }[]).map(
+        (r) => JSON.parse(r.data) as { cmd: string; outcome: string; payloadSha256: string; transaction: string | null },
+      );
+    } finally {
+      db.close();
+    }
+    expect(commands.length).toBe(10);
+    expect(commands.find((c) => c.cmd === 'format-disk')!.outcome).toBe('refused: unknown command');
+    expect(commands.find((c) => c.cmd === 'ping' && c.outcome.startsWith('refused'))!.outcome).toMatch(/payload too large/);
+    expect(commands.filter((c) => c.outcome === 'ok').map((c) => c.cmd)).toEqual(['ping', 'get-config', 'reprocess']);
+    expect(commands.every((c) => /^[0-9a-f]{64}$/.test(c.payloadSha256))).toBe(true);
+    // payloads themselves are not stored (only their hash)
+    expect(JSON.stringify(commands)).not.toContain('ingest.stabilityMs=5');
+    expect(JSON.stringify(commands)).not.toContain('everything');
   });
 
   it('set-config is applied live or at restart, persisted across a restart; pause outlives a restart; restart exits 75', async () => {
