@@ -52,6 +52,11 @@ export interface ClassifierOptions extends RuntimeLoadOptions {
   excludeRuntimes?: readonly string[];
   /** Try exactly these candidates (`runtime/precision`) in this order, without a benchmark (the fallback path). */
   candidates?: readonly string[];
+  /**
+   * Benchmark candidates when the config asks for it (auto). Default: only when `isolation` is given (the
+   * agent); the in-process one-shot `infer` uses the agent's cached measurement or the static order.
+   */
+  benchmark?: boolean;
   warmupRuns: number;
   /** Frames per runtime call (multi-frame files). */
   maxBatch?: number;
@@ -126,6 +131,7 @@ export class BundleClassifier implements Classifier {
       precision: opts.precision ?? 'auto',
       load: opts,
       excludeRuntimes: opts.excludeRuntimes ?? [],
+      measure: opts.benchmark ?? opts.isolation !== undefined,
     };
     if (opts.isolation) selectOpts.isolation = opts.isolation;
     if (opts.stateDir) selectOpts.stateDir = opts.stateDir;

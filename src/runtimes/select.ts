@@ -129,6 +129,11 @@ export interface SelectOptions {
   excludeRuntimes?: readonly string[];
   /** A fixed order of `runtime/precision` keys (the fallback path): no benchmark; other candidates are left out. */
   order?: readonly string[];
+  /**
+   * false: never benchmark here; use the cached measurement when every candidate has one, else the static
+   * order (runtime list order, fp32 before int8). For one-shot in-process loads (`edge-agent infer`).
+   */
+  measure?: boolean;
   /** Agent version for the fingerprint (default: package.json's). */
   agentVersion?: string;
 }
@@ -462,7 +467,7 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
     ? []
     : auto
       ? candidates.length > 1
-        ? candidates
+        ? [...candidates]
         : []
       : precisionAuto
         ? candidates.filter((c) => multiPrecision(c.runtime))
@@ -482,7 +487,12 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
     } else missing.push(c);
   }
   let measuredAt: string | undefined;
-  if (missing.length) {
+  if (missing.length && opts.measure === false) {
+    // No benchmark in this process: the static order, unless the agent measured every candidate already.
+    results.clear();
+    toMeasure.splice(0);
+    notes.push('not benchmarked in this process (in-process load): static order; the agent measures and caches on its first start');
+  } else if (missing.length) {
     measuredAt = new Date().toISOString();
     const measured = await benchmarkCandidates(bundle, missing, opts);
     for (const [c, m] of measured) {
@@ -516,6 +526,13 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
   if (opts.order) {
     const byKey = new Map(usable.map((c) => [candidateKey(c), c]));
     order = opts.order.map((k) => byKey.get(k)).filter((c): c is Candidate => c !== undefined);
+  } else if (!toMeasure.length && precisionAuto) {
+    // static order: runtimes as listed (auto: onnx, tflite, tfjs), fp32 before int8 (no measured reason for int8)
+    order = [];
+    for (const rt of runtimes) {
+      const mine = usable.filter((c) => c.runtime === rt);
+      order.push(...mine.filter((c) => c.precision === 'fp32'), ...mine.filter((c) => c.precision !== 'fp32'));
+    }
   } else if (auto) {
     const precisionRank = (c: Candidate) => (precisionAuto ? 0 : precisions.indexOf(c.precision));
     order = [...usable].sort((a, b) => precisionRank(a) - precisionRank(b) || effective(a) - effective(b));

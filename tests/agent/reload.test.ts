@@ -72,7 +72,10 @@ describe('SIGHUP reloads the model; a bad bundle never replaces the serving one'
     await cp(SHIPPED, bundle, { recursive: true });
     const port = await freePort();
     const deviceId = 'dev-reload';
-    const dirs = agentDirs({ deviceId, mqtt: { url: '', embedded: { host: '127.0.0.1', port } }, model: { bundle, trustedKeys: [DEV_PUBLIC] } });
+    // Serve the ONNX fp32 file only: with runtime auto, a bundle whose model.onnx computes garbage would still
+    // serve (correctly) from its intact tflite/tfjs files (tests/runtimes/select.test.ts covers that).
+    const model = { bundle, trustedKeys: [DEV_PUBLIC], runtime: 'onnx', precision: 'fp32' };
+    const dirs = agentDirs({ deviceId, mqtt: { url: '', embedded: { host: '127.0.0.1', port } }, model });
     cleanup.push(() => rm(dirs.root, { recursive: true, force: true }));
     const agent = await AgentProcess.start(dirs);
     cleanup.push(() => agent.kill());

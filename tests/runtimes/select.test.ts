@@ -35,6 +35,8 @@ const base: ClassifierOptions = {
   warmupRuns: 1,
   trustedKeys: [DEV_KEY],
   allowUnsigned: false,
+  // in process (no isolation) the classifier benchmarks only when asked: these tests ask
+  benchmark: true,
 };
 
 function stateDir(): string {
@@ -155,6 +157,15 @@ describe('runtime selection: auto', () => {
       expect(c.measuredAt).toBe(first.measuredAt);
       expect(c.ms).toEqual(first.candidates.find((x) => candidateKey(x) === candidateKey(c))!.ms);
     }
+
+    // a one-shot in-process load (`edge-agent infer`) never benchmarks: it follows the agent's cached
+    // measurement when there is one, else the static order (onnx first, fp32 before int8)
+    const cli = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: state, benchmark: false });
+    expect(cli).toMatchObject({ benchmarked: true, cached: true, chosen: first.chosen, order: first.order });
+    const cold = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: stateDir(), benchmark: false });
+    expect(cold).toMatchObject({ benchmarked: false, cached: false, chosen: { runtime: 'onnx', precision: 'fp32' } });
+    expect(cold.notes).toContainEqual(expect.stringMatching(/^not benchmarked in this process/));
+    expect(cold.candidates.every((c) => c.status === 'not-measured')).toBe(true);
 
     // the cache is per model file, machine AND runtime options: other threads measure again
     const other = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: state, intraOpThreads: 2 });
