@@ -190,8 +190,9 @@ export class Agent {
     fleet.ingest.attach(this.watcher);
     if (fleet.ingest.paused) this.log.warn({ pause: fleet.ingest.state }, 'intake paused by a fleet command; `resume` lifts it');
     await this.watcher.start();
-    await link.online({ version: AGENT_VERSION, model: this.classifier.info });
+    // Commands subscribed before `online` goes out: whoever sees the agent online can command it.
     fleet.start();
+    await link.online({ version: AGENT_VERSION, model: this.classifier.info });
     this.log.info(
       { deviceId: c.deviceId, inbox: c.inbox, mqtt: this.mqttUrl, topics: { result: topics.result, state: topics.state } },
       'agent started',

@@ -1,12 +1,17 @@
 /**
  * `edge-agent audit export --since <ISO|duration> [--kind result|command|model] [--state-dir DIR | -c FILE]`
  * prints the audit log (src/store/audit.ts) as NDJSON, one entry per line in seq order.
- * `edge-agent audit verify` walks the hash chain. Wiring only.
- * Exit codes: 0 ok, 1 no store / bad chain / bad --since, 2 usage.
+ * `edge-agent audit verify` walks the hash chain.
+ * `edge-agent audit archive --before <ISO|duration> --out FILE` moves the oldest rows to an NDJSON file
+ * (written and fsynced first, then deleted; the operator's retention path, never automatic). Wiring only.
+ * Exit codes: 0 ok, 1 no store / bad chain / bad --since|--before / file exists, 2 usage.
  */
+import Database from 'better-sqlite3';
 import { Option, type Command } from 'commander';
+import { closeSync, existsSync, fsyncSync, openSync, writeSync } from 'node:fs';
+import path from 'node:path';
 import { loadConfig, shippedPath } from '../src/config/load.js';
-import { AUDIT_KINDS, openAuditReadOnly, parseSince, type AuditKind } from '../src/store/audit.js';
+import { AUDIT_KINDS, AuditLog, openAuditReadOnly, parseSince, type AuditKind } from '../src/store/audit.js';
 
 function stateDirOf(opts: { stateDir?: string; config: string }): string {
   if (opts.stateDir) return opts.stateDir;
@@ -74,4 +79,53 @@ export function registerAuditCommands(program: Command): void {
       process.stdout.write(`audit log intact: ${r.rows} rows\n`);
     },
   );
+
+  where(
+    audit
+      .command('archive')
+      .description('move audit rows older than --before to an NDJSON file (fsynced before they are deleted); the chain stays verifiable')
+      .requiredOption('--before <time>', 'ISO time or duration back from now (e.g. 365d): rows before it are archived')
+      .requiredOption('--out <file>', 'NDJSON file to create (must not exist)'),
+  ).action((opts: { before: string; out: string; stateDir?: string; config: string }) => {
+    let before: number;
+    try {
+      before = parseSince(opts.before);
+    } catch (err) {
+      die((err as Error).message.replace('--since', '--before'));
+    }
+    let file: string;
+    try {
+      file = path.join(stateDirOf(opts), 'agent.db');
+    } catch (err) {
+      die((err as Error).message);
+    }
+    if (!existsSync(file)) die(`no state store at ${file}`);
+    // Writable, but never migrated or created here: a store without an audit table is refused.
+    const db = new Database(file, { fileMustExist: true });
+    db.pragma('busy_timeout = 10000');
+    if (!db.prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'audit'").get()) {
+      db.close();
+      die(`state store ${file} has no audit log`);
+    }
+    let fd: number;
+    try {
+      fd = openSync(opts.out, 'wx', 0o600);
+    } catch (err) {
+      db.close();
+      die(`cannot create ${opts.out}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+    try {
+      const r = new AuditLog(db).archive(
+        before,
+        (line) => writeSync(fd, line),
+        () => fsyncSync(fd),
+      );
+      process.stdout.write(
+        r.rows === 0 ? 'nothing to archive\n' : `archived ${r.rows} rows (seq ${r.firstSeq}..${r.lastSeq}) to ${opts.out}\n`,
+      );
+    } finally {
+      closeSync(fd);
+      db.close();
+    }
+  });
 }

@@ -92,6 +92,9 @@ interface AuditRow {
   hash: string;
 }
 
+const NO_DELETE_TRIGGER = `CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'audit log is append-only: DELETE refused'); END;`;
+
 /** Schema (run by the store's migrations, src/store/db.ts). */
 export const AUDIT_SCHEMA = `
   CREATE TABLE audit (
@@ -104,8 +107,7 @@ export const AUDIT_SCHEMA = `
   CREATE INDEX audit_at ON audit(at);
   CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
     BEGIN SELECT RAISE(ABORT, 'audit log is append-only: UPDATE refused'); END;
-  CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
-    BEGIN SELECT RAISE(ABORT, 'audit log is append-only: DELETE refused'); END;`;
+  ${NO_DELETE_TRIGGER}`;
 
 const GENESIS = '0'.repeat(64);
 
@@ -145,7 +147,8 @@ export class AuditLog {
     // the chain intact even with a second writer (a CLI) on the same file. Nested in a caller's
     // transaction (the pipeline's result commit), it becomes a savepoint of that transaction.
     const tx = db.transaction((at: number, kind: AuditKind, data: string): number => {
-      const last = this.lastStmt.get() as { seq: number; hash: string } | undefined;
+      // An archive that took every row leaves the chain's last link in the anchor.
+      const last = (this.lastStmt.get() as { seq: number; hash: string } | undefined) ?? this.anchor() ?? undefined;
       const seq = (last?.seq ?? 0) + 1;
       this.insertStmt.run(seq, at, kind, data, linkHash(last?.hash ?? GENESIS, seq, at, kind, data));
       return seq;
@@ -209,6 +212,42 @@ export class AuditLog {
     return d.to ?? d.from;
   }
 
+  /** Seq and hash of the last archived row (verify continues the chain from it); null before any archive. */
+  anchor(): { seq: number; hash: string } | null {
+    const row = this.db.prepare("SELECT value FROM meta WHERE key = 'audit_anchor'").get() as { value: string } | undefined;
+    return row ? (JSON.parse(row.value) as { seq: number; hash: string }) : null;
+  }
+
+  /**
+   * The operator's archive path (never automatic): the oldest rows, up to the first one at or after
+   * `before`, are handed to `write` (one NDJSON line each, as `entries()` gives them), then `flush` must
+   * make them durable (the CLI fsyncs its file), and only then are they deleted, in the same IMMEDIATE
+   * transaction that records the chain anchor. The delete guard is lifted for that statement only: the
+   * trigger is dropped and re-created inside the transaction, so no other writer ever sees it missing.
+   */
+  archive(before: Date | number, write: (line: string) => void, flush: () => void): ArchiveOutcome {
+    const cut = toMs(before);
+    return this.db.transaction((): ArchiveOutcome => {
+      let first: number | null = null;
+      let last: AuditRow | null = null;
+      for (const row of this.db.prepare('SELECT seq, at, kind, data, hash FROM audit ORDER BY seq').iterate() as IterableIterator<AuditRow>) {
+        if (row.at >= cut) break;
+        first ??= row.seq;
+        last = row;
+        write(JSON.stringify({ seq: row.seq, at: new Date(row.at).toISOString(), kind: row.kind, ...JSON.parse(row.data), hash: row.hash }) + '\n');
+      }
+      if (!last || first === null) return { rows: 0, firstSeq: null, lastSeq: null };
+      flush();
+      this.db.exec('DROP TRIGGER audit_no_delete');
+      this.db.prepare('DELETE FROM audit WHERE seq <= ?').run(last.seq);
+      this.db.exec(NO_DELETE_TRIGGER);
+      this.db
+        .prepare("INSERT INTO meta(key, value) VALUES ('audit_anchor', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+        .run(JSON.stringify({ seq: last.seq, hash: last.hash }));
+      return { rows: last.seq - first + 1, firstSeq: first, lastSeq: last.seq };
+    }).immediate();
+  }
+
   count(kind?: AuditKind): number {
     const row = (
       kind ? this.db.prepare('SELECT COUNT(*) AS n FROM audit WHERE kind = ?').get(kind) : this.db.prepare('SELECT COUNT(*) AS n FROM audit').get()
@@ -221,8 +260,10 @@ export class AuditLog {
    * before it (edited, inserted or deleted behind the triggers' back).
    */
   verify(): { ok: boolean; rows: number; brokenAt: number | null } {
-    let prev = GENESIS;
-    let expectedSeq = 1;
+    // After an archive, the chain continues from the last archived row (its seq and hash are kept).
+    const anchor = this.anchor();
+    let prev = anchor?.hash ?? GENESIS;
+    let expectedSeq = (anchor?.seq ?? 0) + 1;
     let rows = 0;
     for (const row of this.db.prepare('SELECT seq, at, kind, data, hash FROM audit ORDER BY seq').iterate() as IterableIterator<AuditRow>) {
       if (row.seq !== expectedSeq || linkHash(prev, row.seq, row.at, row.kind, row.data) !== row.hash) {
@@ -234,6 +275,13 @@ export class AuditLog {
     }
     return { ok: true, rows, brokenAt: null };
   }
+}
+
+export interface ArchiveOutcome {
+  rows: number;
+  /** Seq range moved out (inclusive); null when nothing was older than the cut. */
+  firstSeq: number | null;
+  lastSeq: number | null;
 }
 
 /** sha256 hex of a payload, for `command({payloadSha256})`. */

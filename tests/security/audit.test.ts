@@ -5,7 +5,7 @@
  * checks the chain.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentProcess, CLI, agentDirs, type AgentDirs } from '../helpers/agent.js';
@@ -99,5 +99,24 @@ describe.skipIf(skipWithoutMosquitto)('audit log: the running agent, edge-agent 
     const r = cli(['audit', 'verify', '--state-dir', dirs.stateDir]);
     expect(r.stdout).toBe('audit log intact: 3 rows\n');
     expect(r.status).toBe(0);
+  });
+
+  it('archive: rows move to an NDJSON file, the live agent keeps appending and the chain still verifies', async () => {
+    const out = path.join(dirs.root, 'audit-archive.ndjson');
+    const r = cli(['audit', 'archive', '--before', new Date(Date.now() + 60_000).toISOString(), '--out', out, '--state-dir', dirs.stateDir]);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toBe(`archived 3 rows (seq 1..3) to ${out}\n`);
+    expect(ndjson(readFileSync(out, 'utf8')).map((e) => e.kind)).toEqual(['model', 'result', 'model']);
+    expect(cli(['audit', 'export', '--since', '1h', '--state-dir', dirs.stateDir]).stdout).toBe('');
+    // Never overwrites an archive.
+    const again = cli(['audit', 'archive', '--before', '1s', '--out', out, '--state-dir', dirs.stateDir]);
+    expect(again.status).toBe(1);
+    expect(again.stderr).toMatch(/EEXIST/);
+    // The running agent's next result links to the archived chain.
+    copyFileSync(path.resolve('tests/fixtures/dicom/pydicom_MR_small.dcm'), path.join(dirs.inbox, 'mr.dcm'));
+    await until(() => sub.on('imaging/audit-1/result').length === 2, 30_000, 'second result');
+    const next = ndjson(cli(['audit', 'export', '--since', '1h', '--state-dir', dirs.stateDir]).stdout);
+    expect(next).toMatchObject([{ seq: 4, kind: 'result' }]);
+    expect(cli(['audit', 'verify', '--state-dir', dirs.stateDir]).stdout).toBe('audit log intact: 1 rows\n');
   });
 });

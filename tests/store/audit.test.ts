@@ -132,3 +132,50 @@ describe('parseSince (audit export --since)', () => {
     for (const bad of ['yesterday', '10', '5y', '2026-13-45', '']) expect(() => parseSince(bad, now)).toThrow(/ISO time .* or a duration/);
   });
 });
+
+describe('archive (operator path; never automatic)', () => {
+  it('moves the oldest rows out after they were flushed, keeps the chain verifiable, and continues it', () => {
+    const { dir, s } = open();
+    const t = (d: number) => Date.parse(`2026-01-0${d}T00:00:00Z`);
+    for (let d = 1; d <= 5; d++) s.audit.result({ resultId: `r${d}`, model, inputSha256: 'cd'.repeat(32), at: t(d) });
+    const lines: string[] = [];
+    let flushed = 0;
+    const out = s.audit.archive(t(4), (l) => lines.push(l), () => flushed++);
+    expect(out).toEqual({ rows: 3, firstSeq: 1, lastSeq: 3 });
+    expect(flushed).toBe(1);
+    expect(lines.map((l) => (JSON.parse(l) as { resultId: string }).resultId)).toEqual(['r1', 'r2', 'r3']);
+    expect([...s.audit.entries()].map((e) => e.seq)).toEqual([4, 5]);
+    expect(s.audit.verify()).toEqual({ ok: true, rows: 2, brokenAt: null });
+    // The delete guard is back: nothing else can delete.
+    expect(() => s.db.prepare('DELETE FROM audit').run()).toThrow(/append-only/);
+    // Everything archived: the next row still links to the archived chain.
+    expect(s.audit.archive(t(9), () => undefined, () => undefined)).toEqual({ rows: 2, firstSeq: 4, lastSeq: 5 });
+    expect(s.audit.result({ resultId: 'r6', model, inputSha256: 'cd'.repeat(32) })).toBe(6);
+    expect(s.audit.verify()).toEqual({ ok: true, rows: 1, brokenAt: null });
+    s.close();
+    const again = StateStore.open(dir);
+    expect(again.audit.verify().ok).toBe(true);
+    again.close();
+  });
+
+  it('nothing older than the cut: nothing written, nothing deleted', () => {
+    const { s } = open();
+    s.audit.result({ resultId: 'r1', model, inputSha256: 'cd'.repeat(32), at: Date.parse('2026-02-01T00:00:00Z') });
+    const lines: string[] = [];
+    expect(s.audit.archive(Date.parse('2026-01-01T00:00:00Z'), (l) => lines.push(l), () => undefined)).toEqual({ rows: 0, firstSeq: null, lastSeq: null });
+    expect(lines).toEqual([]);
+    expect(s.audit.count()).toBe(1);
+  });
+
+  it('a failed flush deletes nothing', () => {
+    const { s } = open();
+    s.audit.result({ resultId: 'r1', model, inputSha256: 'cd'.repeat(32), at: 1 });
+    expect(() =>
+      s.audit.archive(Date.now(), () => undefined, () => {
+        throw new Error('ENOSPC');
+      }),
+    ).toThrow('ENOSPC');
+    expect(s.audit.count()).toBe(1);
+    expect(s.audit.anchor()).toBeNull();
+  });
+});
