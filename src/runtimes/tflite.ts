@@ -98,10 +98,14 @@ function litertPackageDir(): string {
   return path.dirname(path.dirname(require.resolve('@litertjs/core')));
 }
 
-/** LiteRT's native log lines: INFO dropped (one set per model load), WARNING/ERROR to stderr, never stdout. */
+/**
+ * LiteRT's native log lines: INFO dropped (one set per model load), WARNING/ERROR to stderr, never stdout.
+ * Also dropped: the warning that its NPU accelerator could not be registered, which the WASM build prints
+ * on every environment it creates in Node (the doctor says hardware delegates are not reachable).
+ */
 function stderrLine(...args: unknown[]): void {
   const line = args.map(String).join(' ');
-  if (line.startsWith('INFO: ')) return;
+  if (line.startsWith('INFO: ') || /NPU accelerator could not be loaded and registered/.test(line)) return;
   process.stderr.write(`[litert] ${line}\n`);
 }
 
