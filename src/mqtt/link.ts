@@ -625,14 +625,15 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     this.inflight.clear();
     this.log.info({ reconnect, sessionPresent: packet.sessionPresent, window: this.window }, 'connected to MQTT broker');
     for (const w of [...this.connectWaiters]) w.resolve();
-    // Retained state first, then buffered errors, then the outbox from its oldest row.
+    // Subscriptions first (a clean start forgot them): the broker handles our packets in order, so whoever
+    // sees the retained `online` below can already reach us with a command. Then the retained state, then
+    // buffered errors, then the outbox from its oldest row.
+    if (this.subscriptions.size > 0) this.subscribeOn(client, [...this.subscriptions.keys()]);
     if (this.declaredState !== null) void this.publishState(this.declaredState);
     const buffered = this.bufferedErrors;
     this.bufferedErrors = [];
     if (this.droppedErrors > 0) this.log.warn({ dropped: this.droppedErrors }, 'errors dropped while the broker was unreachable');
     for (const text of buffered) this.send(this.topics.error, text, false, 'error');
-    // A clean start: the broker forgot our subscriptions with the old connection.
-    if (this.subscriptions.size > 0) this.subscribeOn(client, [...this.subscriptions.keys()]);
     this.emit('connected', { reconnect, sessionPresent: packet.sessionPresent, window: this.window });
     this.pump();
   }
