@@ -90,6 +90,8 @@ export class Pipeline {
   private stopping = false;
   private refused = false;
   private idleWaiters: (() => void)[] = [];
+  /** File names as logs and error reports may show them, per job hash (src/pipeline/names.ts). */
+  private readonly shownNames = new Map<string, string>();
   /** Set while the state store's disk is full (see enterStoreFull). */
   private storeFull: { since: number; timer: NodeJS.Timeout } | undefined;
   private storeFullReported = false;
@@ -97,8 +99,6 @@ export class Pipeline {
   private parked = new Map<string, CompleteFile>();
   /** Finished jobs whose move out of the inbox could not be recorded on the full disk. */
   private unfinalized = new Set<string>();
-  /** File names as logs and error reports may show them, per job hash (src/pipeline/names.ts). */
-  private readonly shownNames = new Map<string, string>();
   readonly stats: PipelineStats = { accepted: 0, processed: 0, failed: 0, duplicates: 0, inMemory: 0, running: 0 };
 
   constructor(
@@ -182,6 +182,11 @@ export class Pipeline {
       .catch((err: unknown) => {
         // e.g. the state store cannot be written: the file stays in the inbox and is offered again.
         this.pathsInFlight.delete(file.path);
+        if (isDiskFull(err)) {
+          this.parked.set(file.path, file);
+          this.enterStoreFull(err as Error);
+          return;
+        }
         void shownFileName(file.path, file.name, null, this.opts.privacy.allowUids).then((shown) =>
           this.log.error({ err, file: shown }, 'could not take the file; it stays in the inbox'),
         );
@@ -442,10 +447,15 @@ export class Pipeline {
         this.store.journal.markFinalized(job.hash, dest);
       }
     } catch (err) {
-      this.log.error(
-        { err, file: this.shownNames.get(job.hash) ?? hashedName(job.name, job.hash) },
-        'could not move the finished file out of the inbox; will retry at next start',
-      );
+      if (isDiskFull(err)) {
+        this.unfinalized.add(job.hash);
+        this.enterStoreFull(err as Error);
+      } else {
+        this.log.error(
+          { err, file: this.shownNames.get(job.hash) ?? hashedName(job.name, job.hash) },
+          'could not move the finished file out of the inbox; will retry at next start',
+        );
+      }
     } finally {
       this.pathsInFlight.delete(job.path);
       this.shownNames.delete(job.hash);
