@@ -36,7 +36,9 @@ DEQUANTIZE leaves it after the last FULLY_CONNECTED. The 4-view log-softmax vote
 stays float on purpose: int8 LOG_SOFTMAX has a fixed output range of [-16, 0] (scale 16/256) and this
 model's log-probabilities reach -24 (golden colin27-coronal), so it would clip them.
 Activation ranges come from `--ranges FILE` (JSON {"<onnx tensor name>": {"min": x, "max": y}} over the
-fp32 ONNX graph's tensor names, e.g. written by the quantize tool); tensors the file does not name, or
+fp32 ONNX graph's tensor names, e.g. written by the quantize tool; for a fused Conv+Relu output the file
+may name either tensor, and a tensor reached only through data movement, e.g. the rotated input batch,
+takes the range of the tensor it moves, e.g. `input`); tensors the file does not name, or
 all of them without the file, get min/max calibration: this script runs the fp32 ONNX graph in numpy on
 the bundle's golden input tensors and records each tensor's min and max. Which ranges were used, and
 where they came from, is written into the int8 file's manifest provenance.
@@ -239,10 +241,11 @@ class TT:
 
 
 class Builder:
-    def __init__(self, graph: OnnxGraph, precision: str, ranges: dict):
+    def __init__(self, graph: OnnxGraph, precision: str, given: dict, calibrated: dict):
         self.gr = graph
         self.precision = precision
-        self.ranges = ranges
+        self.given = given            # from --ranges (may name other tensors than the ones we quantize)
+        self.calibrated = calibrated  # min/max of every float tensor over the golden inputs
         self.tensors: list[dict] = []
         self.buffers: list[dict] = [{}]  # buffer 0: the empty sentinel
         self.ops: list[dict] = []
@@ -287,17 +290,41 @@ class Builder:
         self.ops.append(o)
 
     # -- quantization helpers --------------------------------------------------------------------------
-    def rng(self, onnx_name: str) -> tuple[float, float]:
-        r = self.ranges.get(onnx_name)
+    def movement_sources(self, name: str) -> list[str]:
+        """Tensors upstream of `name` through data movement only (same values, so the same range)."""
+        out: list[str] = []
+        todo = [name]
+        while todo:
+            n = todo.pop(0)
+            prod = next((x for x in self.gr.nodes if n in x.output), None)
+            if prod is None or prod.op_type not in ('Concat', 'Transpose', 'Gather', 'Reshape', 'Flatten', 'MaxPool'):
+                continue
+            for i in prod.input:
+                if i and i not in self.gr.const and i not in out:
+                    out.append(i)
+                    todo.append(i)
+        return out
+
+    def rng(self, onnx_name: str, alternates: list[str] | None = None, non_negative: bool = False) -> tuple[float, float]:
+        """The range for `onnx_name`: the ranges file's (for it, else for an equivalent tensor), else calibration."""
+        for n in [onnx_name, *(alternates or [])]:
+            if n in self.given:
+                r, src = self.given[n], 'ranges-file' + ('' if n == onnx_name else f' ({n})')
+                break
+        else:
+            r, src = self.calibrated.get(onnx_name), 'min-max calibration'
         if r is None:
             raise Unsupported(f'no activation range for ONNX tensor {onnx_name!r}')
-        self.used_ranges[onnx_name] = r
-        return float(r['min']), float(r['max'])
+        lo, hi = float(r['min']), float(r['max'])
+        if non_negative:
+            lo = max(lo, 0.0)
+        self.used_ranges[onnx_name] = {'min': lo, 'max': hi, 'source': src}
+        return lo, hi
 
     def as_int8(self, t: TT, onnx_name: str) -> TT:
         if t.dtype == 'int8':
             return t
-        q = act_quant(*self.rng(onnx_name))
+        q = act_quant(*self.rng(onnx_name, self.movement_sources(onnx_name)))
         out = self.tensor(f'{onnx_name}/quantized', t.shape, 'int8', q=q, nhwc=t.nhwc)
         self.op('QUANTIZE', [t], [out], version=2)
         return out
@@ -444,7 +471,8 @@ class Builder:
             bscale = x.q.scale[0] * wscale
             bq = np.round(b / bscale).astype(np.int64)
             bt = self.tensor(f'{node.input[2]}/int32', b.shape, 'int32', np.clip(bq, -2**31, 2**31 - 1), q=Q(bscale, [0] * len(bscale), axis=0))
-            yq = act_quant(*self.rng(out_name))
+            # a fused ReLU's output; a ranges file may name the conv's own (pre-ReLU) output instead
+            yq = act_quant(*self.rng(out_name, [node.output[0]] if relu else [], non_negative=bool(relu)))
             y = self.tensor(out_name, oshape, 'int8', q=yq, nhwc=True)
         else:
             wt = self.tensor(node.input[1], w_ohwi.shape, 'float32', w_ohwi)
@@ -669,13 +697,12 @@ def main() -> None:
         for k, v in given.items():
             if not (isinstance(v, dict) and isinstance(v.get('min'), (int, float)) and isinstance(v.get('max'), (int, float)) and v['min'] <= v['max']):
                 sys.exit(f'to_tflite: {args.ranges}: range for {k!r} must be {{"min": number, "max": number}} with min <= max')
-    ranges = {**calibrated, **{k: v for k, v in given.items()}}
 
     tdir = os.path.join(bundle, 'tflite')
     outs = {}
     used = {}
     for precision in ('fp32', 'int8'):
-        b = Builder(graph, precision, ranges)
+        b = Builder(graph, precision, given, calibrated)
         mj = b.build()
         path = os.path.join(tdir, f'model_{precision}.tflite')
         write_tflite(mj, path)
@@ -689,7 +716,11 @@ def main() -> None:
     int8_rel = os.path.relpath(outs['int8'], bundle)
     tol = args.int8_golden_tolerance if args.int8_golden_tolerance is not None else old.get(int8_rel, {}).get('goldenTolerance', 0.5)
 
-    range_source = {k: ('ranges-file' if k in given else 'min-max calibration') for k in used['int8']}
+    calibrated_used = any(v['source'] == 'min-max calibration' for v in used['int8'].values())
+    rel_ranges = ''
+    if given:
+        ra = os.path.abspath(args.ranges)
+        rel_ranges = os.path.relpath(ra, bundle) if ra.startswith(bundle + os.sep) else os.path.relpath(ra, ROOT)
     entries = []
     for precision in ('fp32', 'int8'):
         path = outs[precision]
@@ -709,11 +740,14 @@ def main() -> None:
                           'int32 biases, int8 asymmetric activations; float input, rotations and 4-view log-softmax vote '
                           '(QUANTIZE before the first conv, DEQUANTIZE after the last fully-connected)',
                 'activationRanges': {
-                    'method': ('given by --ranges ' + os.path.relpath(os.path.abspath(args.ranges), ROOT) + '; ' if given else '') +
-                              'min/max of each tensor of the fp32 ONNX graph (numpy) over the bundle golden inputs' +
-                              (' for tensors the ranges file does not name' if given else ''),
-                    'calibrationInputs': [name for name, _ in goldens],
-                    'tensors': {k: {'min': round(v['min'], 6), 'max': round(v['max'], 6), 'source': range_source[k]}
+                    'method': '; '.join(m for m in (
+                        ('from the ranges file (--ranges ' + rel_ranges + ')') if given else '',
+                        ('min/max of each tensor of the fp32 ONNX graph (numpy) over the bundle golden inputs' +
+                         (' for the tensors the ranges file does not name' if given else '')) if calibrated_used else '',
+                    ) if m),
+                    **({'rangesFile': {'path': rel_ranges, 'sha256': sha256(args.ranges)}} if given else {}),
+                    **({'calibrationInputs': [name for name, _ in goldens]} if calibrated_used else {}),
+                    'tensors': {k: {'min': round(v['min'], 6), 'max': round(v['max'], 6), 'source': v['source']}
                                 for k, v in used['int8'].items()},
                 },
             }
@@ -724,7 +758,14 @@ def main() -> None:
     # re-read right before writing (the manifest is shared with other tools), replace only tflite entries
     with open(mpath) as f:
         manifest = json.load(f)
-    manifest['files'] = [e for e in manifest['files'] if e['format'] != 'tflite'] + entries
+    # keep the tflite entries where they were (other tools append their own files), add missing ones at the end
+    files, pending = [], list(entries)
+    for e in manifest['files']:
+        if e['format'] != 'tflite':
+            files.append(e)
+        elif pending:
+            files.append(pending.pop(0))
+    manifest['files'] = files + pending
     with open(mpath, 'w') as f:
         json.dump(manifest, f, indent=2)
         f.write('\n')
