@@ -89,7 +89,7 @@ export interface HealthPayload {
   agentVersion: string;
   /** Seconds since the agent started. */
   uptimeSec: number;
-  /** Device config identity (config `fleet.configId`, else the config file's sha256 prefix). */
+  /** Device config identity: config `configId` (the device config's name, e.g. `ct-scanner`; default `default`). */
   configId: string;
   model: { id: string; version: string; sha256: string; runtime: string; provider: string; precision?: string } | null;
   /** Why a precision/runtime was chosen or refused on this hardware (e.g. "int8 slower than fp32 here: 1.3 vs 1.1 ms"). */
