@@ -47,6 +47,7 @@ export const PRECISIONS: readonly Precision[] = ['int8', 'fp32'];
 /** int8 goes ahead of fp32 of the same runtime only when its median is at least this much lower. */
 export const INT8_MARGIN = 0.05;
 export const CACHE_FILE = 'runtime-selection.json';
+const MAX_CACHE_ENTRIES = 256;
 
 export interface Candidate {
   runtime: string;
@@ -266,6 +267,12 @@ async function readCache(stateDir: string | undefined): Promise<CacheFile> {
 /** Writes atomically (temp + rename); a cache that cannot be written costs a benchmark next time, nothing else. */
 async function writeCache(stateDir: string | undefined, cache: CacheFile): Promise<string | undefined> {
   if (!stateDir) return undefined;
+  // Bounded: entries of old bundles and machines go, oldest first.
+  const keys = Object.keys(cache.entries);
+  if (keys.length > MAX_CACHE_ENTRIES) {
+    keys.sort((a, b) => cache.entries[a]!.measuredAt.localeCompare(cache.entries[b]!.measuredAt));
+    for (const k of keys.slice(0, keys.length - MAX_CACHE_ENTRIES)) delete cache.entries[k];
+  }
   try {
     await mkdir(stateDir, { recursive: true });
     const file = path.join(stateDir, CACHE_FILE);
