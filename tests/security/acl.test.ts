@@ -13,7 +13,7 @@ import { execFileSync } from 'node:child_process';
 import { copyFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentProcess, agentDirs } from '../helpers/agent.js';
+import { AgentProcess, CLI, agentDirs } from '../helpers/agent.js';
 import { skipWithoutMosquitto } from '../helpers/mosquitto.js';
 import { SHIPPED, startLockedBroker, Client, type LockedBroker } from './broker.js';
 
@@ -190,6 +190,7 @@ describe.skipIf(skipWithoutMosquitto)('broker lockdown: device-configs/mosquitto
 
   describe('the real agent behind the locked-down broker', () => {
     let agent: AgentProcess | undefined;
+    let stateDir = '';
     afterAll(async () => {
       await agent?.kill();
     });
@@ -202,8 +203,11 @@ describe.skipIf(skipWithoutMosquitto)('broker lockdown: device-configs/mosquitto
       await central.subscribe('imaging/#');
       const dirs = agentDirs({
         deviceId: 'ct-room-2',
+        fleet: { groups: ['ct-floor-1'] },
+        logging: { components: { mqtt: 'debug' } },
         mqtt: { url: b.passwordUrl, username: 'ct-room-2', passwordFile: '${CREDENTIALS_DIRECTORY}/mqtt-password', tls: { caFile: path.join(b.etc, 'ca.crt') } },
       });
+      stateDir = dirs.stateDir;
       agent = await AgentProcess.start(dirs, [], { CREDENTIALS_DIRECTORY: creds });
       copyFileSync(CT, path.join(dirs.inbox, 'ct.dcm'));
       const deadline = Date.now() + 30_000;
@@ -215,8 +219,33 @@ describe.skipIf(skipWithoutMosquitto)('broker lockdown: device-configs/mosquitto
       expect(result.deviceId).toBe('ct-room-2');
       expect(result.resultId).toMatch(/^[0-9a-f]{32}$/);
       expect(central.on('imaging/ct-room-2/state').some((p) => p.includes('"online"'))).toBe(true);
-      // Every subscription the agent makes (requests, desired state, groups) is within what the ACL grants it.
+      // Every subscription the agent makes (its requests, desired state, its group's) is within what the ACL grants it.
+      const subscribed = await agent.waitForLog(/^subscribed$/);
+      expect(subscribed.filters).toEqual(expect.arrayContaining(['imaging/ct-room-2/request/+', 'imaging/group/ct-floor-1/request/+']));
+      expect(subscribed.refused).toEqual([]);
       expect(agent.logs.filter((l) => /subscri.*refused|refused.*subscri/i.test(l.msg))).toEqual([]);
+    });
+
+    it("central's command is answered and audited; another device's identity cannot command it", async () => {
+      const central = await as('central');
+      await central.subscribe('imaging/ct-room-2/response/+');
+      const foreign = await as('ct-room-3');
+      expect(await foreign.publish('imaging/ct-room-2/request/ping', JSON.stringify({ transaction: 'forged-1' }))).toBe(NOT_AUTHORIZED);
+      expect(await foreign.publish('imaging/group/ct-floor-1/request/ping', JSON.stringify({ transaction: 'forged-2' }))).toBe(NOT_AUTHORIZED);
+      expect(await central.publish('imaging/ct-room-2/request/ping', JSON.stringify({ transaction: 'central-1' }))).toBe(0);
+      expect(await central.publish('imaging/group/ct-floor-1/request/ping', JSON.stringify({ transaction: 'central-2' }))).toBe(0);
+      const deadline = Date.now() + 20_000;
+      while (central.on('imaging/ct-room-2/response/ping').length < 2) {
+        if (Date.now() > deadline) throw new Error(`no responses; agent log:\n${agent!.tail()}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const answered = central.on('imaging/ct-room-2/response/ping').map((p) => (JSON.parse(p) as { transaction: string; status: string }));
+      expect(answered.map((a) => a.transaction).sort()).toEqual(['central-1', 'central-2']);
+      expect(answered.every((a) => a.status === 'ok')).toBe(true);
+      // The agent's audit log has exactly central's two commands: the forged ones never reached it.
+      const exported = execFileSync(process.execPath, [CLI, 'audit', 'export', '--since', '1h', '--kind', 'command', '--state-dir', stateDir], { encoding: 'utf8' });
+      const commands = exported.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { cmd: string; transaction: string; outcome: string });
+      expect(commands.map((c) => c.transaction).sort()).toEqual(['central-1', 'central-2']);
     });
   });
 });
