@@ -138,6 +138,11 @@ describe.skipIf(skipWithoutMosquitto)('fleet health and commands (real agent, re
     expect(badHash.error).toMatch(/\/data\/hash: must match pattern/);
     expect(existsSync(path.join(dirs.stateDir, 'config-overrides.json'))).toBe(false);
 
+    // Live settings: a new inbox watcher and new pipeline options, applied without a restart.
+    const live = await central.request(`${req}/set-config`, { set: { ingest: { stabilityMs: 150, maxAttempts: 2 }, pipeline: { concurrency: 1 }, decode: { framePolicy: 'first' } } });
+    expect(live.status).toBe('ok');
+    expect((live.data as { applied: string[] }).applied.sort()).toEqual(['decode.framePolicy', 'ingest.maxAttempts', 'ingest.stabilityMs', 'pipeline.concurrency']);
+
     // ... and the agent still works: a capture dropped now is classified and health shows it.
     copyFileSync(CT, path.join(dirs.inbox, 'ct.dcm'));
     await until(() => central.results.some((x) => x.topic === 'imaging/fleet-a/result'), 30_000, 'result after the bad requests');
@@ -176,10 +181,10 @@ describe.skipIf(skipWithoutMosquitto)('fleet health and commands (real agent, re
     } finally {
       db.close();
     }
-    expect(commands.length).toBe(10);
+    expect(commands.length).toBe(11);
     expect(commands.find((c) => c.cmd === 'format-disk')!.outcome).toBe('refused: unknown command');
     expect(commands.find((c) => c.cmd === 'ping' && c.outcome.startsWith('refused'))!.outcome).toMatch(/payload too large/);
-    expect(commands.filter((c) => c.outcome === 'ok').map((c) => c.cmd)).toEqual(['ping', 'get-config', 'reprocess']);
+    expect(commands.filter((c) => c.outcome === 'ok').map((c) => c.cmd)).toEqual(['set-config', 'ping', 'get-config', 'reprocess']);
     expect(commands.every((c) => /^[0-9a-f]{64}$/.test(c.payloadSha256))).toBe(true);
     // payloads themselves are not stored (only their hash)
     expect(JSON.stringify(commands)).not.toContain('ingest.stabilityMs=5');

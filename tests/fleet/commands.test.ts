@@ -234,6 +234,10 @@ describe('remote config store (state-dir overrides)', () => {
     const pinned = loadConfig(s.file, { stateOverrides: true, env: { EDGE_AGENT_INGEST__STABILITY_MS: '700' } });
     expect(pinned.config.ingest.stabilityMs).toBe(700);
     expect(pinned.pinned).toContain('ingest.stabilityMs');
+    // and CLI flags win over everything
+    const flagged = loadConfig(s.file, { stateOverrides: true, env: {}, cli: { deviceId: 'from-cli' } });
+    expect(flagged.config.deviceId).toBe('from-cli');
+    expect(flagged.pinned).toEqual(['deviceId']);
     // unset removes an override: the file's value applies again
     const back = await s.store.set({ unset: ['ingest.stabilityMs'] });
     expect(back.applied).toEqual(['ingest.stabilityMs']);
@@ -268,6 +272,15 @@ describe('remote config store (state-dir overrides)', () => {
     const view = s.store.get();
     expect(JSON.stringify(view)).not.toContain('s3cret-pw');
     expect(view.config.mqtt.password).toBe('***');
+  });
+
+  it('the device id "group" is reserved by the fleet topics; top-level groups merge into fleet.groups', () => {
+    const s = setup('');
+    expect(() => loadConfig(s.file, { env: {}, cli: { deviceId: 'group' } })).toThrow(/deviceId: "group" is reserved/);
+    const dir = mkdtempSync(path.join(tmpdir(), 'cfggroups-'));
+    const file = path.join(dir, 'a.yaml');
+    writeFileSync(file, 'groups: [old]\nfleet:\n  groups: [ward-a]\n');
+    expect(loadConfig(file, { env: {} }).config.fleet.groups).toEqual(['ward-a', 'old']);
   });
 
   it('a corrupt overrides file refuses to start with a clear message', () => {
