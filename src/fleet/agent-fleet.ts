@@ -102,6 +102,11 @@ export class AgentFleet {
       this.configStore = new ConfigStore({ running: c, loaded: source.loaded, load: (ov) => source.load(ov), apply: (paths) => this.applyLive(paths), log: o.log });
     }
     o.link.on('connected', () => this.health.changed('connected'));
+    // Errors the agent reports itself (model rejected, runtime failed, state store full...) are health's last error too.
+    o.link.on('errorReport', (e) => {
+      const code = typeof e.code === 'string' ? e.code : 'error';
+      this.health.recordError(code, typeof e.message === 'string' ? e.message : code);
+    });
   }
 
   /** Registers the agent's commands, subscribes (unless fleet.commands.enabled is false) and starts health. */

@@ -211,6 +211,8 @@ export interface MqttLinkEvents {
   linkError: [MqttLinkError];
   /** The broker refused an outbox row (PUBACK reason >= 0x80) or its topic is invalid; it is retried. */
   rejected: [RejectedEvent];
+  /** An error report handed to publishError() (published now or buffered): health shows the last one. */
+  errorReport: [Record<string, unknown>];
   /** Every registered filter was (re)subscribed on this connection (SUBACK received). */
   subscribed: [{ filters: string[]; refused: string[] }];
   /** The broker refused a subscription (SUBACK reason >= 0x80, e.g. not allowed by its ACL). */
@@ -469,6 +471,7 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
       this.log.error({ err }, 'error payload is not serialisable to JSON; not published');
       return;
     }
+    if (this.listenerCount('errorReport') > 0) this.emit('errorReport', payload as Record<string, unknown>);
     if (this.isConnected && this.client !== undefined) {
       this.send(this.topics.error, text, false, 'error');
       return;

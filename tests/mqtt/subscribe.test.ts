@@ -174,6 +174,17 @@ describe.skipIf(skipWithoutMosquitto)('subscriptions on mosquitto (MQTT 5)', () 
   });
 });
 
+describe('error reports', () => {
+  it('every error handed to publishError is also emitted (health keeps the last one), online or not', () => {
+    const link = startLink('mqtt://127.0.0.1:1', 'err-1');
+    const seen: Record<string, unknown>[] = [];
+    link.on('errorReport', (e) => seen.push(e));
+    link.publishError({ code: 'model-rejected', message: 'bad signature' });
+    expect(seen).toEqual([{ code: 'model-rejected', message: 'bad signature' }]);
+    expect(link.status().bufferedErrors).toBe(1);
+  });
+});
+
 describe('subscriptions on the embedded aedes broker (MQTT 3.1.1)', () => {
   it('delivers requests and resubscribes after a reconnect; no MQTT 5 properties', async () => {
     const broker = await startEmbeddedBroker({ port: 0 });
