@@ -6,6 +6,7 @@
  * inbox watcher -> `online`. Stop: intake -> running jobs -> outbox flush -> `offline` -> store -> logs.
  */
 import { mkdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import type { AgentConfig } from '../src/config/schema.js';
 import { defaultDecodeOptions } from '../src/decode/index.js';
@@ -24,6 +25,8 @@ import { AGENT_VERSION } from './version.js';
 import type { LoadedConfig } from '../src/config/load.js';
 import { AgentFleet } from '../src/fleet/agent-fleet.js';
 import { RESTART_EXIT_CODE } from '../src/fleet/agent-commands.js';
+import { ModelStore, refString } from '../src/fleet/model-store.js';
+import { RolloutManager, registerRolloutCommands } from '../src/fleet/rollout.js';
 
 export function classifierOptions(config: AgentConfig) {
   return {
@@ -64,6 +67,11 @@ export class Agent {
   private reloading: Promise<ReloadOutcome> | undefined;
   private readonly log: Logger;
   private fleet: AgentFleet | undefined;
+  /** Installed model versions (<stateDir>/models) and the rollout that fills it (src/fleet/). */
+  private models: ModelStore | undefined;
+  private rollout: RolloutManager | undefined;
+  /** Bundle directory of the serving model: the store's active version, else config.model.bundle. */
+  private modelDir: string;
   private readonly startedAt = Date.now();
   /** Set by the CLI: the `restart` command asks for a graceful stop and exit RESTART_EXIT_CODE (75). */
   onRestartRequested: ((reason: string, exitCode: number) => void) | undefined;
@@ -75,6 +83,7 @@ export class Agent {
     private readonly source?: { loaded: LoadedConfig; load(overrides: Record<string, unknown>): LoadedConfig },
   ) {
     this.log = logger.component('agent');
+    this.modelDir = config.model.bundle;
   }
 
   get mqttUrl(): string | undefined {
@@ -86,7 +95,8 @@ export class Agent {
     for (const dir of [c.inbox, c.stateDir, c.doneDir, c.quarantineDir]) await mkdir(dir, { recursive: true });
     this.store = StateStore.open(c.stateDir);
 
-    const classifier = await this.loadModel();
+    this.models = await new ModelStore(path.join(c.stateDir, 'models'), { keep: c.fleet.keepVersions }).open();
+    const classifier = await this.loadServing(this.models);
     this.classifier = classifier;
     this.logModel(classifier);
     // A bundle swapped while the agent was down is a model change too: audit it on the first start that serves it.
@@ -181,10 +191,15 @@ export class Agent {
         // A commanded pause (fleet `pause`, persistent) outlasts backpressure.
         onRoom: () => (fleet.ingest.paused ? undefined : this.watcher?.resume()),
         onPublished: (job) => fleet.onPublished(job),
-        onFailure: (code, job) => fleet.onFailure(code, job),
+        onFailure: (code, job) => {
+          fleet.onFailure(code, job);
+          this.rollout?.onFailure(code);
+        },
+        onClassified: (e) => this.rollout?.onClassified(e),
       },
     );
     await this.pipeline.recover();
+    const rollout = await this.startRollout(link, fleet, this.models);
 
     this.watcher = this.createWatcher(this.pipeline);
     fleet.ingest.attach(this.watcher);
@@ -193,6 +208,7 @@ export class Agent {
     // Commands subscribed before `online` goes out: whoever sees the agent online can command it.
     fleet.start();
     await link.online({ version: AGENT_VERSION, model: this.classifier.info });
+    await rollout.start();
     this.log.info(
       { deviceId: c.deviceId, inbox: c.inbox, mqtt: this.mqttUrl, topics: { result: topics.result, state: topics.state } },
       'agent started',
@@ -259,10 +275,91 @@ export class Agent {
   }
 
   /** The model with runtime selection and fallback (src/runtimes/select.ts, src/pipeline/serving.ts). */
-  private loadModel(): Promise<ServingModel> {
+  private loadModel(dir = this.modelDir): Promise<ServingModel> {
     const opts = { ...classifierOptions(this.config), isolation: this.isolation() };
-    const model: Promise<ServingModel> = ServingModel.load(this.config.model.bundle, opts, { onFallback: (e) => void this.onFallback(e, model) });
+    const model: Promise<ServingModel> = ServingModel.load(dir, opts, { onFallback: (e) => void this.onFallback(e, model) });
     return model;
+  }
+
+  /** At start: the store's active version (a rolled-out model survives restarts), else its previous one, else the shipped bundle. */
+  private async loadServing(store: ModelStore): Promise<ServingModel> {
+    for (const w of store.warnings) this.log.warn(w);
+    for (const ref of [store.active, store.previous]) {
+      if (!ref) continue;
+      try {
+        const model = await this.loadModel(store.dirOf(ref));
+        this.modelDir = store.dirOf(ref);
+        return model;
+      } catch (err) {
+        this.log.error({ model: refString(ref), err: (err as Error).message }, 'installed model version cannot be loaded; trying the next one');
+      }
+    }
+    this.modelDir = this.config.model.bundle;
+    return this.loadModel(this.modelDir);
+  }
+
+  /**
+   * Model rollout (src/fleet/rollout.ts): follows desired/model (device and group), reports model/state
+   * (again after every reconnect), swaps models through swapModel, adds models/activate/rollback commands.
+   */
+  private async startRollout(link: MqttLink, fleet: AgentFleet, store: ModelStore): Promise<RolloutManager> {
+    const c = this.config;
+    const log = this.logger.component('rollout');
+    const publishState = (topic: string, state: unknown): Promise<void> =>
+      link.publish(topic, JSON.stringify(state), { retain: true }).catch((err: unknown) => {
+        log.debug({ err: (err as Error).message }, 'model/state not published now; it is sent again on connect');
+      });
+    const rollout = new RolloutManager(
+      {
+        deviceId: c.deviceId,
+        baseTopic: c.mqtt.baseTopic,
+        groups: c.fleet.groups,
+        shippedBundle: c.model.bundle,
+        trustedKeys: c.model.trustedKeys,
+        download: {
+          maxBytes: c.fleet.download.maxBytes,
+          timeoutMs: c.fleet.download.timeoutMs,
+          ...(c.fleet.download.caFile ? { ca: await readFile(c.fleet.download.caFile) } : {}),
+        },
+      },
+      store,
+      {
+        serving: () => this.classifier?.info ?? null,
+        load: (dir) => this.loadModel(dir),
+        swap: (next, cause) => this.swapModel(next as ServingModel, cause),
+        publishState,
+        audit: (change) => this.store?.audit.modelChange(change),
+      },
+      log,
+    );
+    this.rollout = rollout;
+    registerRolloutCommands(fleet.commands, rollout);
+    for (const filter of rollout.filters) {
+      link.subscribe(filter, (m) => rollout.onMessage(m.topic, m.payload), {
+        onOversize: (m) => void rollout.refuse(m.topic, `document is ${m.bytes} bytes, over the limit`),
+      });
+    }
+    link.on('connected', () => {
+      if (rollout.state) void publishState(rollout.stateTopic, rollout.state);
+    });
+    return rollout;
+  }
+
+  /** Serves `next` at once (jobs running on the old model finish on it, then it is freed); audited. */
+  private async swapModel(next: ServingModel, cause: { reason: string; actor: string }): Promise<void> {
+    const old = this.classifier;
+    if (!this.pipeline || !old || this.stopping) {
+      await next.dispose();
+      throw new Error('agent is not running');
+    }
+    this.classifier = next;
+    this.modelDir = next.bundle.dir;
+    this.pipeline.setClassifier(next);
+    this.logModel(next);
+    this.store?.audit.modelChange({ from: old.info, to: next.info, reason: cause.reason, actor: cause.actor });
+    this.log.info({ previous: old.info, model: next.info, reason: cause.reason }, 'model swapped');
+    await this.link?.online({ version: AGENT_VERSION, model: next.info });
+    await old.dispose();
   }
 
   /** A runtime failed while serving: say which, why and what serves now (error + state), audit the change. */
@@ -283,7 +380,6 @@ export class Agent {
   }
 
   private logModel(classifier: ServingModel): void {
-
     for (const a of classifier.attempts.filter((x) => !x.ok)) {
       this.log.warn({ provider: a.provider, reason: a.reason }, 'execution provider unavailable; trying the next one');
     }
@@ -315,7 +411,7 @@ export class Agent {
     const c = this.config;
     const old = this.classifier;
     if (!this.pipeline || !old || this.stopping) return { ok: false, error: 'agent is not running' };
-    this.log.info({ bundle: c.model.bundle }, 'reloading model');
+    this.log.info({ bundle: this.modelDir }, 'reloading model');
     let next: ServingModel;
     try {
       next = await this.loadModel();
@@ -374,6 +470,7 @@ export class Agent {
   private async doStop(): Promise<void> {
     this.log.info('stopping: intake closed, finishing running jobs');
     this.fleet?.stop();
+    await this.rollout?.stop();
     await this.watcher?.stop();
     await this.pipeline?.stop();
     if (this.link) {

