@@ -137,7 +137,7 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
   private readonly onFleet = (e: FleetEvent): void => {
     if (e.kind === 'group-desired') return;
     const id = this.byDevice.get(e.deviceId);
-    if (id) this.evaluate(id);
+    if (id) this.evaluate(id, e.deviceId);
   };
 
   constructor(private readonly opts: RolloutControllerOptions) {
@@ -289,14 +289,18 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
     }
   }
 
-  /** Folds the fleet's view of each device into its rollout status and moves the rollout on. */
-  private evaluate(id: string): void {
+  /**
+   * Folds the fleet's view of the devices (one device on a fleet event, all of them on the deadline tick)
+   * into their rollout status and moves the rollout on.
+   */
+  private evaluate(id: string, onlyDevice?: string): void {
     const act = this.active.get(id);
     if (!act) return;
     const { doc } = act;
     const now = Date.now();
     const changed: RolloutDevice[] = [];
-    for (const d of act.devices.values()) {
+    const one = onlyDevice === undefined ? undefined : act.devices.get(onlyDevice);
+    for (const d of one ? [one] : act.devices.values()) {
       if (d.status === 'pending' || d.status === 'reverted') continue;
       const a = this.opts.fleet.agents.get(d.deviceId);
       const ms: ModelState | null = a?.modelState ?? null;
@@ -339,15 +343,19 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
       })();
       this.emit('change', id);
     }
-    if (ACTIVE.includes(doc.status)) void this.advance(act).catch((e: unknown) => this.log(`rollout ${id}: ${(e as Error).message}`));
+    if ((changed.length || onlyDevice === undefined) && ACTIVE.includes(doc.status)) void this.advance(act).catch((e: unknown) => this.log(`rollout ${id}: ${(e as Error).message}`));
   }
 
-  private advancing = new Set<string>();
+  /** Rollouts whose advance() is running -> whether another pass was asked for meanwhile. */
+  private readonly advancing = new Map<string, boolean>();
 
   private async advance(act: Active): Promise<void> {
     const { doc } = act;
-    if (this.advancing.has(doc.id)) return;
-    this.advancing.add(doc.id);
+    if (this.advancing.has(doc.id)) {
+      this.advancing.set(doc.id, true);
+      return;
+    }
+    this.advancing.set(doc.id, false);
     try {
       const all = [...act.devices.values()];
       const failures = all.filter((d) => FAILED.includes(d.status));
@@ -377,7 +385,9 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
       this.log(`rollout ${doc.id}: succeeded`);
       this.finish(act);
     } finally {
+      const again = this.advancing.get(doc.id) === true;
       this.advancing.delete(doc.id);
+      if (again && this.active.has(doc.id)) await this.advance(act);
     }
   }
 

@@ -55,7 +55,7 @@ export interface CentralOptions {
   maxUploadBytes?: number;
   /** Deadline checks (ms). */
   tickMs?: number;
-  /** How often coalesced console updates go out (ms, default 100). */
+  /** Console updates go out at most this often (ms, default 100); a change after a quiet spell at once. */
   pushIntervalMs?: number;
   log?: (msg: string, extra?: Record<string, unknown>) => void;
 }
@@ -212,17 +212,17 @@ export async function startCentral(opts: CentralOptions): Promise<CentralServer>
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
   const rollouts = new RolloutController({ db, fleet, registry, client, baseTopic: opts.baseTopic, publicUrl: opts.publicUrl ?? url, tickMs: opts.tickMs, log });
 
-  // --- console push (SSE): changed rows coalesced every pushIntervalMs ---
+  // --- console push (SSE): changed rows, at most one batch per pushIntervalMs. Leading edge: a change
+  // after a quiet spell goes out at once; a burst (a rollout wave, a broker reconnect) is coalesced. ---
   const streams = new Set<ServerResponse>();
   const dirtyAgents = new Set<string>();
   const dirtyRollouts = new Set<string>();
-  fleet.on('change', (e) => {
-    if (e.kind !== 'group-desired' && streams.size) dirtyAgents.add(e.deviceId);
-  });
-  rollouts.on('change', (id) => {
-    if (streams.size) dirtyRollouts.add(id);
-  });
-  const push = setInterval(() => {
+  const pushInterval = opts.pushIntervalMs ?? 100;
+  let lastFlush = 0;
+  let flushTimer: NodeJS.Timeout | null = null;
+  const flush = (): void => {
+    flushTimer = null;
+    lastFlush = Date.now();
     if (!streams.size || (!dirtyAgents.size && !dirtyRollouts.size)) return;
     const frames: string[] = [];
     if (dirtyAgents.size) {
@@ -240,7 +240,21 @@ export async function startCentral(opts: CentralOptions): Promise<CentralServer>
     dirtyRollouts.clear();
     const text = frames.join('');
     for (const s of streams) s.write(text);
-  }, opts.pushIntervalMs ?? 100);
+  };
+  const schedule = (): void => {
+    if (flushTimer || !streams.size) return;
+    flushTimer = setTimeout(flush, Math.max(0, lastFlush + pushInterval - Date.now()));
+  };
+  fleet.on('change', (e) => {
+    if (e.kind === 'group-desired' || !streams.size) return;
+    dirtyAgents.add(e.deviceId);
+    schedule();
+  });
+  rollouts.on('change', (id) => {
+    if (!streams.size) return;
+    dirtyRollouts.add(id);
+    schedule();
+  });
   const keepalive = setInterval(() => {
     for (const s of streams) s.write(': keepalive\n\n');
   }, 15_000);
@@ -462,7 +476,7 @@ export async function startCentral(opts: CentralOptions): Promise<CentralServer>
     registry,
     mqtt: client,
     async close() {
-      clearInterval(push);
+      if (flushTimer) clearTimeout(flushTimer);
       clearInterval(keepalive);
       rollouts.stop();
       fleet.detach();
