@@ -23,7 +23,8 @@ import { OnnxRuntime } from '../../src/runtimes/onnx.js';
 import { collectRanges, CALIBRATION_METHODS, type CalibrationInput } from '../../quantize/calibrate.js';
 import { loadFrames, rot90, toInput } from '../../quantize/dataset.js';
 import { decodeModel, encodeModel } from '../../quantize/onnx.js';
-import { planStatic, quantizeStatic } from '../../quantize/qdq.js';
+import { planStatic, quantizeDynamic, quantizeStatic } from '../../quantize/qdq.js';
+import { createProgress } from '../../quantize/progress.js';
 import { GateError, quantizeBundle, DEFAULTS, type QuantizeOptions, type QuantizeReport } from '../../quantize/run.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -275,6 +276,60 @@ describe('an op edge-quantize cannot quantize', () => {
       await int8.release();
       await fp32.release();
     }
+  });
+});
+
+describe('--keep-fp32 and dynamic mode', () => {
+  it('--keep-fp32 leaves the named op types and nodes in fp32', async () => {
+    const model = decodeModel(await readFile(path.join(ROOT, 'tests', 'quantize', 'fixtures', 'conv_softplus.onnx')));
+    const plan = planStatic(model, ['Gemm', 'conv3']);
+    expect([...plan.quantized.keys()].map((n) => n.name)).toEqual(['conv1', 'conv2']);
+    expect(plan.skipped).toContainEqual({ name: 'fc', opType: 'Gemm', reason: '--keep-fp32' });
+    expect(plan.skipped).toContainEqual({ name: 'conv3', opType: 'Conv', reason: '--keep-fp32' });
+  });
+
+  it('dynamic quantization (int8 weights, activations quantized per call) runs in ORT and gives the fp32 labels on real images', async () => {
+    const bundle = await loadBundle(SHIPPED);
+    const model = decodeModel(await readFile(path.join(SHIPPED, 'model.onnx')));
+    const q = quantizeDynamic(model);
+    expect(q.quantizedOps).toEqual({ Conv: 6, Gemm: 1 });
+    expect((q.model.graph?.node ?? []).filter((n) => n.opType === 'ConvInteger')).toHaveLength(6);
+    const dyn = await ort.InferenceSession.create(encodeModel(q.model), { graphOptimizationLevel: 'all' });
+    const fp32 = await ort.InferenceSession.create(path.join(SHIPPED, 'model.onnx'), { graphOptimizationLevel: 'all' });
+    try {
+      for (const f of EVAL_FILES) {
+        const frame = (await decodeFile(path.join(FIX, f), defaultDecodeOptions())).frames[0] as ImageFrame;
+        const x = toInput(frame, bundle.manifest);
+        const feeds = { input: new ort.Tensor('float32', x.data, x.shape) };
+        const a = (await fp32.run(feeds)).logits?.data as Float32Array;
+        const b = (await dyn.run(feeds)).logits?.data as Float32Array;
+        expect(b.indexOf(Math.max(...b))).toBe(a.indexOf(Math.max(...a)));
+      }
+    } finally {
+      await dyn.release();
+      await fp32.release();
+    }
+  });
+});
+
+describe('progress on stderr', () => {
+  it('redraws one bar in place on a TTY, and writes a few plain lines otherwise', () => {
+    const tty: string[] = [];
+    const p1 = createProgress({ isTTY: true, columns: 80, write: (s) => tty.push(s) > 0 });
+    p1.start('calibrate minmax', 8);
+    for (let i = 0; i < 8; i++) p1.tick();
+    p1.done();
+    expect(tty[0]).toMatch(/^\rcalibrate minmax \[\.+\] 0\/8/);
+    expect(tty.at(-2)).toMatch(/^\rcalibrate minmax \[#+\] 8\/8/);
+    expect(tty.at(-1)).toBe('\n');
+    const plain: string[] = [];
+    const p2 = createProgress({ isTTY: false, write: (s) => plain.push(s) > 0 });
+    p2.start('evaluate fp32 vs int8', 100);
+    for (let i = 0; i < 100; i++) p2.tick();
+    p2.done();
+    expect(plain.every((l) => l.endsWith('\n') && !l.includes('\r'))).toBe(true);
+    expect(plain).toHaveLength(5); // start, 25%, 50%, 75%, done
+    expect(plain.at(-1)).toMatch(/^evaluate fp32 vs int8: 100\/100 done/);
   });
 });
 
