@@ -125,6 +125,17 @@ describe.skipIf(skipWithoutMosquitto)('broker lockdown: device-configs/mosquitto
       expect(seen).toEqual(expect.arrayContaining(['real-result', 'real-error', 'real-state', 'real-health', 'real-response/ping', 'real-model/state', 'own-result']));
     });
 
+    it('an MQTT 3.1.1 client gets a plain PUBACK (no reason codes in 3.1.1) but its spoofed result is dropped all the same', async () => {
+      const central = await as('central');
+      await central.subscribe('imaging/+/result');
+      const v3 = await Client.connect(b.passwordUrl, { protocolVersion: 4, username: 'us-cart-7', password: 'pw-us-cart-7', ca: b.pki.ca, clientId: 'v3-spoofer' });
+      clients.push(v3);
+      expect(await v3.publish('imaging/ct-room-2/result', 'v3-spoofed')).toBe(0);
+      expect(await v3.publish('imaging/us-cart-7/result', 'v3-own')).toBe(0);
+      await central.waitFor('v3-own');
+      expect(central.received.map((m) => m.payload)).toEqual(['v3-own']);
+    });
+
     it('a client certificate (CN = device id) gets the same confinement on the mutual-TLS listener', async () => {
       const central = await as('central');
       await central.subscribe('imaging/+/result');
