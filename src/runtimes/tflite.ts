@@ -176,6 +176,8 @@ class TfliteSession implements InferenceSessionHandle {
   readonly runtime = 'tflite';
   private disposed = false;
   private readonly inDims: number[];
+  /** Runs one at a time: a batch is several invokes of the one compiled model, never interleaved. */
+  private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
     private readonly lr: LiteRt,
@@ -190,7 +192,13 @@ class TfliteSession implements InferenceSessionHandle {
     this.inDims = Array.from(model.getInputDetails()[inputIndex]?.shape ?? []);
   }
 
-  async run(input: Float32Array, shape: number[]): Promise<{ data: Float32Array; shape: number[] }> {
+  run(input: Float32Array, shape: number[]): Promise<{ data: Float32Array; shape: number[] }> {
+    const next = this.queue.then(() => this.runNow(input, shape));
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  private async runNow(input: Float32Array, shape: number[]): Promise<{ data: Float32Array; shape: number[] }> {
     if (this.disposed) throw new Error('tflite session was disposed');
     assertInputFitsShape(input, shape);
     const modelBatch = this.inDims[0] ?? 1;
@@ -231,8 +239,8 @@ class TfliteSession implements InferenceSessionHandle {
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
+    await this.queue; // a run in flight finishes before the model's memory goes
     this.model.delete();
-    await Promise.resolve();
   }
 }
 

@@ -162,6 +162,20 @@ describe('the bundle\'s TFLite files', () => {
     }
   });
 
+  it('concurrent calls on one session give each caller its own, correct output', async () => {
+    const g = golden();
+    const xs = g.map((e) => readF32(path.join(bundle.dir, e.input.path)));
+    const single = await Promise.all(xs.map((x) => fp32.run(x, [1, 1, 128, 128])));
+    const batch = new Float32Array(xs.length * 128 * 128);
+    xs.forEach((x, i) => batch.set(x, i * x.length));
+    const [many, ...again] = await Promise.all([fp32.run(batch, [xs.length, 1, 128, 128]), ...xs.map((x) => fp32.run(x, [1, 1, 128, 128]))]);
+    for (let i = 0; i < xs.length; i++) {
+      for (let j = 0; j < 4; j++) expect(Math.abs(single[i]!.data[j]! - g[i]!.logits[j]!)).toBeLessThan(1e-4);
+      expect(Array.from(again[i]!.data)).toEqual(Array.from(single[i]!.data));
+      expect(Array.from(many.data.subarray(4 * i, 4 * i + 4))).toEqual(Array.from(single[i]!.data));
+    }
+  });
+
   it('refuses an input of the wrong size or shape with a message naming both shapes', async () => {
     await expect(fp32.run(new Float32Array(10), [1, 1, 128, 128])).rejects.toThrow(/input has 10 values but shape \[1, 1, 128, 128\] needs 16384/);
     await expect(fp32.run(new Float32Array(64 * 256), [1, 1, 64, 256])).rejects.toThrow(/input shape \[1, 1, 64, 256\] does not fit the model input \[1, 1, 128, 128\]/);
