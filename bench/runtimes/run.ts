@@ -214,7 +214,7 @@ async function main(): Promise<void> {
     isolation: isolation(0),
   });
   const auto = plan.order[0];
-  const autoKey = auto ? `${candidateKey(auto)} t${defaultThreads} w${defaultWorkerCount}` : undefined;
+  const autoKey = auto ? `${auto.runtime}/${auto.precision} t${auto.threads ?? defaultThreads} w${defaultWorkerCount}` : undefined;
   const autoRow = withRatios.find((r) => r.key === autoKey);
   const fastestLatency = [...withRatios].sort((a, b) => a.p50 - b.p50)[0];
   const fastestThroughput = [...withRatios].sort((a, b) => b.imagesPerSec - a.imagesPerSec)[0];

@@ -159,7 +159,9 @@ export class BundleClassifier implements Classifier {
   /** Opens one candidate: session (in-process or supervised workers), golden check, warm-up. */
   private static async open(bundle: LoadedBundle, c: Candidate, opts: ClassifierOptions): Promise<BundleClassifier> {
     // In-process, or a supervised worker pool behind the same InferenceSessionHandle (src/runtimes/worker/).
-    const session = await openSession(c.runtime, path.join(bundle.dir, c.file.path), opts, opts.isolation);
+    // A thread variant chosen by the auto benchmark runs with its own intra-op threads.
+    const load = c.threads ? { ...opts, intraOpThreads: c.threads } : opts;
+    const session = await openSession(c.runtime, path.join(bundle.dir, c.file.path), load, opts.isolation);
     const classifier = new BundleClassifier(bundle, session, c.file, opts.maxBatch ?? 8);
     try {
       if (opts.golden !== false) {

@@ -53,7 +53,12 @@ export interface Candidate {
   runtime: string;
   precision: Precision;
   file: ModelFileEntry;
+  /** Intra-op threads this candidate runs with (auto with model.intraOpThreads 0); absent: as configured. */
+  threads?: number;
 }
+
+/** Runtimes whose speed depends on model.intraOpThreads (TF.js and LiteRT WASM run one thread in Node). */
+export const THREADED_RUNTIMES: readonly string[] = ['onnx'];
 
 export type CandidateStatus = 'measured' | 'not-measured' | 'unavailable' | 'excluded' | 'no-file' | 'failed';
 
@@ -67,6 +72,8 @@ export interface Latency {
 export interface CandidateReport {
   runtime: string;
   precision: Precision;
+  /** Intra-op threads of this variant (auto tries 1 and cores/workers when model.intraOpThreads is 0). */
+  threads?: number;
   /** Bundle-relative path of the model file ('' when the bundle has none for this runtime/precision). */
   file: string;
   status: CandidateStatus;
@@ -98,7 +105,7 @@ export interface SelectionReport {
   runtimes: string[];
   precisions: string[];
   /** The candidate serving now (set once it loaded and passed its golden check). */
-  chosen?: { runtime: string; precision: Precision; file: string; provider: string; ms?: number };
+  chosen?: { runtime: string; precision: Precision; file: string; provider: string; ms?: number; threads?: number };
   /** Candidates in serving/fallback order, as `runtime/precision`. */
   order: string[];
   candidates: CandidateReport[];
@@ -145,8 +152,21 @@ export interface SelectionPlan {
   order: Candidate[];
 }
 
-export function candidateKey(c: { runtime: string; precision: string }): string {
-  return `${c.runtime}/${c.precision}`;
+/** `onnx/int8`, or `onnx/int8@1t` for a thread variant. */
+export function candidateKey(c: { runtime: string; precision: string; threads?: number | undefined }): string {
+  return `${c.runtime}/${c.precision}${c.threads ? `@${c.threads}t` : ''}`;
+}
+
+function sameCandidate(a: { runtime: string; precision: string; threads?: number | undefined }, b: { runtime: string; precision: string; threads?: number | undefined }): boolean {
+  return candidateKey(a) === candidateKey(b);
+}
+
+/** Threads one worker gets when model.intraOpThreads is 0 (as openSession computes them). */
+export function defaultThreads(isolation: IsolationOptions | undefined): number {
+  const cores = os.availableParallelism();
+  if (!isolation || isolation.mode === 'none') return cores;
+  const workers = isolation.workers > 0 ? isolation.workers : Math.max(1, Math.floor(cores / 2));
+  return Math.max(1, Math.floor(cores / workers));
 }
 
 /** `auto` | one | list -> list (auto: every known runtime in the default order). */
@@ -240,6 +260,7 @@ function cacheKey(c: Candidate, opts: SelectOptions, fp: MachineFingerprint): st
     file: c.file.sha256,
     runtime: c.runtime,
     precision: c.precision,
+    threads: c.threads ?? null,
     options: {
       providers: opts.load.providers,
       intraOpThreads: opts.load.intraOpThreads,
@@ -344,7 +365,8 @@ export async function openCandidate(
     delete iso.onRuntimeFailed;
     delete iso.onRestart;
   }
-  const { providers, intraOpThreads, interOpThreads, graphOptimization } = load;
+  const { providers, interOpThreads, graphOptimization } = load;
+  const intraOpThreads = c.threads ?? load.intraOpThreads;
   return openSession(c.runtime, path.join(bundle.dir, c.file.path), { providers, intraOpThreads, interOpThreads, graphOptimization }, iso);
 }
 
@@ -461,7 +483,12 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
     for (const precision of precisions) {
       const f = mine.find((x) => x.precision === precision);
       if (!f) continue;
-      candidates.push({ runtime, precision, file: f });
+      // auto with threads left to the agent (intraOpThreads 0): measure 1 thread too, since on a busy or
+      // small box one thread per worker can beat cores/workers threads (bench/runtimes).
+      const many = defaultThreads(opts.isolation);
+      if (auto && opts.load.intraOpThreads === 0 && THREADED_RUNTIMES.includes(runtime) && many > 1) {
+        candidates.push({ runtime, precision, file: f, threads: many }, { runtime, precision, file: f, threads: 1 });
+      } else candidates.push({ runtime, precision, file: f });
     }
     if (!candidates.some((c) => c.runtime === runtime)) {
       notes.push(`${runtime}: bundle has no ${precisions.join('/')} ${runtime} file (has ${mine.map((x) => x.precision).join(', ')})`);
@@ -526,8 +553,8 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
   const effective = (c: Candidate): number => {
     const ms = msOf(c) ?? Infinity;
     if (c.precision !== 'int8' || !precisionAuto) return ms;
-    const sibling = usable.find((x) => x.runtime === c.runtime && x.precision === 'fp32');
-    return sibling && msOf(sibling) !== undefined ? ms / (1 - INT8_MARGIN) : ms;
+    const sibling = usable.some((x) => x.runtime === c.runtime && x.precision === 'fp32' && msOf(x) !== undefined);
+    return sibling ? ms / (1 - INT8_MARGIN) : ms;
   };
   let order: Candidate[];
   if (opts.order) {
@@ -554,10 +581,12 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
 
   // int8 vs fp32 per runtime, in words.
   for (const rt of new Set(candidates.map((c) => c.runtime))) {
-    const i8 = candidates.find((c) => c.runtime === rt && c.precision === 'int8');
-    const f32 = candidates.find((c) => c.runtime === rt && c.precision === 'fp32');
-    const a = i8 && results.get(i8)?.status === 'measured' ? msOf(i8) : undefined;
-    const b = f32 && results.get(f32)?.status === 'measured' ? msOf(f32) : undefined;
+    const best = (precision: Precision): number | undefined => {
+      const ms = candidates.filter((c) => c.runtime === rt && c.precision === precision && results.get(c)?.status === 'measured').map((c) => msOf(c)!);
+      return ms.length ? Math.min(...ms) : undefined;
+    };
+    const a = best('int8');
+    const b = best('fp32');
     if (a === undefined || b === undefined) continue;
     if (a > b) notes.push(`int8 slower than fp32 here: ${fmtMs(a)} vs ${fmtMs(b)} ms (${rt}, p50 batch 1); ${rt} serves fp32`);
     else if (precisionAuto && a > b * (1 - INT8_MARGIN)) {
@@ -568,6 +597,7 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
   for (const c of candidates) {
     const r = results.get(c);
     const rep: CandidateReport = { runtime: c.runtime, precision: c.precision, file: c.file.path, status: r ? r.status : 'not-measured' };
+    if (c.threads) rep.threads = c.threads;
     if (r?.ms) rep.ms = r.ms;
     if (r?.provider) rep.provider = r.provider;
     if (r?.attempts) rep.attempts = r.attempts;
@@ -596,7 +626,7 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
 
 /** Records the outcome of trying `c` to serve (it failed to load or its golden check failed). */
 export function markFailed(report: SelectionReport, c: Candidate, reason: string, status: 'unavailable' | 'excluded' = 'unavailable'): void {
-  const rep = report.candidates.find((x) => x.runtime === c.runtime && x.precision === c.precision);
+  const rep = report.candidates.find((x) => sameCandidate(x, c));
   if (rep) {
     rep.status = status;
     rep.reason = reason;
@@ -607,8 +637,9 @@ export function markFailed(report: SelectionReport, c: Candidate, reason: string
 
 /** Records the candidate that serves, with the provider its session settled on. */
 export function markChosen(report: SelectionReport, c: Candidate, session: InferenceSessionHandle): void {
-  const rep = report.candidates.find((x) => x.runtime === c.runtime && x.precision === c.precision);
+  const rep = report.candidates.find((x) => sameCandidate(x, c));
   const chosen: NonNullable<SelectionReport['chosen']> = { runtime: c.runtime, precision: c.precision, file: c.file.path, provider: session.provider };
+  if (c.threads) chosen.threads = c.threads;
   if (rep?.ms) chosen.ms = rep.ms.p50;
   if (rep) {
     rep.provider = session.provider;

@@ -171,7 +171,23 @@ describe('runtime selection: auto', () => {
     const other = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: state, intraOpThreads: 2 });
     expect(other).toMatchObject({ benchmarked: true, cached: false });
     expect(other.measuredAt).not.toBe(first.measuredAt);
-  });
+  }, 180_000);
+
+  it('with intra-op threads left to the agent (0), auto measures ORT at 1 thread and at cores/workers and serves the faster', async () => {
+    const cores = (await import('node:os')).availableParallelism();
+    const r = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: stateDir(), intraOpThreads: 0, isolation: { mode: 'process', workers: 1, inferenceTimeoutMs: 30_000, maxWorkerRssMb: 0, restartLimit: { count: 5, windowSec: 60 } } });
+    const onnx = r.candidates.filter((c) => c.runtime === 'onnx');
+    const others = r.candidates.filter((c) => c.runtime !== 'onnx');
+    if (cores > 1) {
+      expect(new Set(onnx.map((c) => c.threads))).toEqual(new Set([cores, 1]));
+      expect(onnx.map(candidateKey)).toContain('onnx/fp32@1t');
+    } else expect(onnx.every((c) => c.threads === undefined)).toBe(true);
+    expect(others.every((c) => c.threads === undefined)).toBe(true); // TF.js / LiteRT WASM: one thread in Node
+    const chosen = r.candidates.find((c) => candidateKey(c) === candidateKey(r.chosen!))!;
+    expect(chosen.status).toBe('measured');
+    expect(r.chosen!.threads).toBe(chosen.threads);
+    expect(r.order[0]).toBe(candidateKey(r.chosen!));
+  }, 120_000);
 
   it('int8 slower than fp32 on this hardware: fp32 serves and the report says so; an explicit precision still wins', async () => {
     const dir = await tinyBundle([fp32File(), int8File()]);
