@@ -82,6 +82,7 @@ program
   .option('--min-speedup <x>', 'int8 must be more than this many times faster than fp32', nonNegative, DEFAULTS.minSpeedup)
   .option('--force', 'write even when the gate fails; the failure is recorded in the manifest')
   .option('--key <pem>', 'Ed25519 private key (PEM) to re-sign manifest.json with')
+  .option('--trusted-key <pem>', 'public key (PEM) that may have signed the input bundle, besides --key\'s own (repeatable)', (v: string, prev: string[] = []) => [...prev, v], [])
   .option('--output <file>', 'bundle-relative path of the int8 model', DEFAULTS.output)
   .option('--ranges <file>', 'write the activation ranges JSON here (default: <output without .onnx>.ranges.json in the bundle)')
   .option('--dry-run', 'measure and report, write nothing')
@@ -108,6 +109,7 @@ program
         minAgreement: opts.minAgreement as number,
         force: Boolean(opts.force),
         key: opts.key as string | undefined,
+        trustedKeys: opts.trustedKey as string[],
         output: opts.output as string,
         rangesOut: opts.ranges as string | undefined,
         dryRun: Boolean(opts.dryRun),

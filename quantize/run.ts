@@ -7,15 +7,15 @@
  * files renamed into place; the manifest is re-read right before it is rewritten (other tools add their
  * own files[] entries to the same manifest) and only this tool's entry is replaced.
  */
-import { createHash } from 'node:crypto';
-import { readFile, rename, writeFile, access } from 'node:fs/promises';
+import { createHash, createPublicKey } from 'node:crypto';
+import { access, readFile, realpath, rename, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import type * as OrtTypes from 'onnxruntime-node';
 import { loadBundle, selectModelFile } from '../src/models/bundle.js';
 import { goldenEntries, type GoldenEntry } from '../src/models/golden.js';
 import { validateManifest } from '../src/models/schema.js';
-import { parsePrivateKey, signBundle } from '../src/models/signature.js';
+import { loadTrustedKeys, parsePrivateKey, parsePublicKey, readSignatureFile, signBundle, verifyManifestSignature } from '../src/models/signature.js';
 import type { LoadedBundle, Manifest } from '../src/models/types.js';
 import { collectRanges, type CalibrationInput, type CalibrationMethod, type Range } from './calibrate.js';
 import { loadEvalSet, loadFrames, toInput, type EvalLayout, type SetSummary } from './dataset.js';
@@ -48,6 +48,11 @@ export interface QuantizeOptions {
   force: boolean;
   /** Private key (PEM file) to re-sign the manifest with. */
   key?: string;
+  /**
+   * Public keys (PEM files) besides --key's own that may have signed the input bundle. A signed input
+   * is verified before anything else, so re-signing never launders a tampered manifest.
+   */
+  trustedKeys?: string[];
   /** Bundle-relative path of the int8 file. */
   output: string;
   /** Where the activation ranges JSON goes (default: next to the int8 file, `<output>.ranges.json`). */
@@ -139,6 +144,15 @@ export async function quantizeBundle(o: QuantizeOptions): Promise<QuantizeReport
     () => false,
   );
   if (signed && !privateKey && !o.dryRun) throw new Error(`bundle '${o.bundle}' is signed: give --key PRIVATE.pem to re-sign it after adding the int8 file (or --dry-run)`);
+  if (signed) {
+    const trusted = [...(privateKey ? [parsePublicKey(createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }), o.key)] : []), ...(await loadTrustedKeys(o.trustedKeys ?? []))];
+    const dirReal = await realpath(o.bundle);
+    try {
+      verifyManifestSignature(await readFile(path.join(dirReal, 'manifest.json')), await readSignatureFile(dirReal), { trustedKeys: trusted, allowUnsigned: false });
+    } catch (e) {
+      throw new Error(`the input bundle's signature does not verify, refusing to quantize and re-sign it: ${(e as Error).message} (pass --trusted-key PUBLIC.pem for the key that signed it)`);
+    }
+  }
 
   const bundle = await loadBundle(o.bundle);
   const manifest = bundle.manifest;

@@ -30,6 +30,8 @@ import { GateError, quantizeBundle, DEFAULTS, type QuantizeOptions, type Quantiz
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const SHIPPED = path.join(ROOT, 'models', 'orientation-qa');
 const FIX = path.join(ROOT, 'tests', 'fixtures');
+/** The shipped bundle is signed with the development key; the tests re-sign with a fresh key. */
+const DEV_PUBLIC = path.join(ROOT, 'models', 'keys', 'DEVELOPMENT-ONLY-signing-key.pub.pem');
 const ort = createRequire(import.meta.url)('onnxruntime-node') as typeof OrtTypes;
 const run = promisify(execFile);
 
@@ -74,6 +76,7 @@ function options(bundle: string, extra: Partial<QuantizeOptions> = {}): Quantize
     minSpeedup: 0,
     force: false,
     key: key.privatePath,
+    trustedKeys: [DEV_PUBLIC],
     ...extra,
   };
 }
@@ -312,6 +315,18 @@ describe('--keep-fp32 and dynamic mode', () => {
   });
 });
 
+describe('a signed input bundle', () => {
+  it('is verified before anything else: a tampered manifest is refused, not re-signed', async () => {
+    const bundleDir = await freshBundle('tampered');
+    const mPath = path.join(bundleDir, 'manifest.json');
+    await writeFile(mPath, (await readFile(mPath, 'utf8')).replace('"version": "1.1.0"', '"version": "9.9.9"'));
+    await expect(quantizeBundle(options(bundleDir))).rejects.toThrow(/signature does not verify, refusing to quantize and re-sign it: .*modified after signing/);
+    // signed by a key the tool was not told to trust
+    const other = await freshBundle('untrusted');
+    await expect(quantizeBundle(options(other, { trustedKeys: [] }))).rejects.toThrow(/not trusted.*--trusted-key/);
+  });
+});
+
 describe('progress on stderr', () => {
   it('redraws one bar in place on a TTY, and writes a few plain lines otherwise', () => {
     const tty: string[] = [];
@@ -380,7 +395,7 @@ describe('the gate', () => {
     const bundleDir = await freshBundle('cli');
     const before = await listing(bundleDir);
     const cli = path.join(ROOT, 'dist', 'quantize', 'cli.js');
-    const e = await run(process.execPath, [cli, bundleDir, '--calibration', path.join(work, 'bad-calibration'), '--eval', evalDir, '--runs', '3', '--warmup', '1', '--min-speedup', '0', '--key', key.privatePath]).then(
+    const e = await run(process.execPath, [cli, bundleDir, '--calibration', path.join(work, 'bad-calibration'), '--eval', evalDir, '--runs', '3', '--warmup', '1', '--min-speedup', '0', '--key', key.privatePath, '--trusted-key', DEV_PUBLIC]).then(
       () => undefined,
       (err: unknown) => err as { code: number; stderr: string; stdout: string },
     );
