@@ -7,6 +7,8 @@
  * Cross-runtime parity on real images is in ./parity.test.ts.
  */
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -217,4 +219,88 @@ describe('tflite in a supervised worker', () => {
       }
     }, 60_000);
   }
+});
+
+/**
+ * models/training/to_tflite.py needs /usr/bin/python3 with python3-onnx + python3-numpy and flatc
+ * (flatbuffers-compiler). In CI a missing one fails these tests; locally they skip.
+ */
+function converterTools(): boolean {
+  const missing: string[] = [];
+  if (spawnSync('/usr/bin/python3', ['-c', 'import onnx, numpy'], { encoding: 'utf8' }).status !== 0) missing.push('python3-onnx/python3-numpy');
+  if (spawnSync('flatc', ['--version'], { encoding: 'utf8' }).status !== 0) missing.push('flatbuffers-compiler (flatc)');
+  if (missing.length && process.env.CI === 'true') throw new Error(`to_tflite.py tools missing in CI: ${missing.join(', ')}`);
+  return missing.length === 0;
+}
+
+const CONVERTER = path.join(ROOT, 'models', 'training', 'to_tflite.py');
+const haveTools = converterTools();
+
+describe.skipIf(!haveTools)('models/training/to_tflite.py', () => {
+  const sha = (f: string): string => createHash('sha256').update(readFileSync(f)).digest('hex');
+  const run = (...args: string[]) => spawnSync('/usr/bin/python3', [CONVERTER, ...args], { encoding: 'utf8', timeout: 120_000 });
+
+  it('re-running it on the bundle (with the ranges file its provenance names) reproduces the shipped TFLite files byte for byte', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'to-tflite-'));
+    try {
+      cpSync(BUNDLE_DIR, dir, { recursive: true });
+      const ranges = (int8File as { provenance?: { activationRanges?: { rangesFile?: { path: string; sha256: string } } } }).provenance?.activationRanges?.rangesFile;
+      const args = ['--bundle', dir];
+      if (ranges) {
+        expect(sha(path.join(dir, ranges.path))).toBe(ranges.sha256);
+        args.push('--ranges', path.join(dir, ranges.path));
+      }
+      const r = run(...args);
+      expect(r.status, r.stderr).toBe(0);
+      for (const f of [fp32File, int8File]) expect(sha(path.join(dir, f.path)), f.path).toBe(f.sha256);
+      const m = JSON.parse(readFileSync(path.join(dir, 'manifest.json'), 'utf8')) as { files: { path: string }[] };
+      // entries replaced in place: the same files in the same order
+      expect(m.files.map((f) => f.path)).toEqual(bundle.manifest.files.map((f) => f.path));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
+
+  it('avoids the SAME-padding trap: the stride-2 conv reads an explicit PAD (1,1 on H and W) and is VALID; stride-1 convs are SAME', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tflite-json-'));
+    try {
+      const r = spawnSync('flatc', ['--json', '--strict-json', '--raw-binary', '-o', dir, path.join(ROOT, 'models', 'training', 'tflite', 'schema.fbs'), '--', path.join(bundle.dir, fp32File.path)], { encoding: 'utf8' });
+      expect(r.status, r.stderr).toBe(0);
+      const m = JSON.parse(readFileSync(path.join(dir, 'model_fp32.json'), 'utf8')) as {
+        operator_codes: { builtin_code?: number; deprecated_builtin_code?: number }[];
+        subgraphs: { tensors: { name: string; buffer: number }[]; operators: { opcode_index?: number; inputs: number[]; outputs: number[]; builtin_options?: Record<string, unknown> }[] }[];
+        buffers: { data?: number[] }[];
+      };
+      const code = (i: number | undefined) => m.operator_codes[i ?? 0]?.deprecated_builtin_code ?? 0;
+      const sg = m.subgraphs[0]!;
+      const convs = sg.operators.filter((o) => code(o.opcode_index) === 3);
+      expect(convs.length).toBe(6);
+      const strided = convs.filter((o) => o.builtin_options?.stride_h === 2);
+      expect(strided.length).toBe(1);
+      expect(strided[0]!.builtin_options?.padding).toBe('VALID');
+      const producer = sg.operators.find((o) => o.outputs.includes(strided[0]!.inputs[0]!));
+      expect(code(producer?.opcode_index)).toBe(34); // PAD
+      const pads = m.buffers[sg.tensors[producer!.inputs[1]!]!.buffer]!.data!;
+      expect(Array.from(new Int32Array(new Uint8Array(pads).buffer))).toEqual([0, 0, 1, 1, 1, 1, 0, 0]);
+      for (const c of convs.filter((o) => o !== strided[0])) expect(c.builtin_options?.padding ?? 'SAME').toBe('SAME');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('refuses a malformed ranges file with a message naming the tensor', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'to-tflite-bad-'));
+    try {
+      cpSync(BUNDLE_DIR, dir, { recursive: true });
+      const bad = path.join(dir, 'bad-ranges.json');
+      writeFileSync(bad, JSON.stringify({ '/Concat_output_0': { min: 3 } }));
+      const r = run('--bundle', dir, '--ranges', bad);
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toMatch(/range for '\/Concat_output_0' must be \{"min": number, "max": number\}/);
+      expect(existsSync(path.join(dir, 'manifest.json'))).toBe(true);
+      expect(sha(path.join(dir, 'manifest.json'))).toBe(sha(path.join(BUNDLE_DIR, 'manifest.json')));
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 60_000);
 });
