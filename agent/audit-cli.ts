@@ -1,17 +1,17 @@
 /**
  * `edge-agent audit export --since <ISO|duration> [--kind result|command|model] [--state-dir DIR | -c FILE]`
  * prints the audit log (src/store/audit.ts) as NDJSON, one entry per line in seq order.
- * `edge-agent audit verify` walks the hash chain.
+ * `edge-agent audit verify [--file F...]` walks the hash chain of the store or of archived NDJSON files.
  * `edge-agent audit archive --before <ISO|duration> --out FILE` moves the oldest rows to an NDJSON file
  * (written and fsynced first, then deleted; the operator's retention path, never automatic). Wiring only.
  * Exit codes: 0 ok, 1 no store / bad chain / bad --since|--before / file exists, 2 usage.
  */
 import Database from 'better-sqlite3';
 import { Option, type Command } from 'commander';
-import { closeSync, existsSync, fsyncSync, openSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { loadConfig, shippedPath } from '../src/config/load.js';
-import { AUDIT_KINDS, AuditLog, openAuditReadOnly, parseSince, type AuditKind } from '../src/store/audit.js';
+import { AUDIT_KINDS, AuditLog, openAuditReadOnly, parseSince, verifyExported, type AuditKind } from '../src/store/audit.js';
 
 function stateDirOf(opts: { stateDir?: string; config: string }): string {
   if (opts.stateDir) return opts.stateDir;
@@ -65,20 +65,42 @@ export function registerAuditCommands(program: Command): void {
     }
   });
 
-  where(audit.command('verify').description('check the hash chain of the whole audit log; names the first broken row')).action(
-    (opts: { stateDir?: string; config: string }) => {
-      let store: ReturnType<typeof openAuditReadOnly>;
-      try {
-        store = openAuditReadOnly(stateDirOf(opts));
-      } catch (err) {
-        die((err as Error).message);
+  where(
+    audit
+      .command('verify')
+      .description('check the hash chain of the audit log in the store, or of archived/exported NDJSON files (--file, in order); names the first broken row')
+      .option('--file <files...>', 'NDJSON files from audit archive/export, oldest first, instead of the store'),
+  ).action((opts: { stateDir?: string; config: string; file?: string[] }) => {
+    if (opts.file?.length) {
+      let prev: { seq: number; hash: string } | undefined;
+      for (const f of opts.file) {
+        let text: string;
+        try {
+          text = readFileSync(f, 'utf8');
+        } catch (err) {
+          die(`cannot read ${f}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        }
+        const r = verifyExported(text.split('\n'), prev);
+        if (!r.ok) die(`${f}: chain broken at seq ${r.brokenAt} (after ${r.rows} intact rows): a line was changed, inserted or removed`);
+        const start = r.startsUnverifiedAt !== null ? ` (starts at seq ${r.startsUnverifiedAt}; give the previous archive first to check that link)` : '';
+        process.stdout.write(`${f}: intact, ${r.rows} rows${r.last ? `, last seq ${r.last.seq} hash ${r.last.hash}` : ''}${start}\n`);
+        prev = r.last ?? prev;
       }
-      const r = store.audit.verify();
-      store.close();
-      if (!r.ok) die(`chain broken at seq ${r.brokenAt} (after ${r.rows} intact rows): a row was changed, inserted or removed`);
-      process.stdout.write(`audit log intact: ${r.rows} rows\n`);
-    },
-  );
+      return;
+    }
+    let store: ReturnType<typeof openAuditReadOnly>;
+    try {
+      store = openAuditReadOnly(stateDirOf(opts));
+    } catch (err) {
+      die((err as Error).message);
+    }
+    const r = store.audit.verify();
+    const anchor = store.audit.anchor();
+    store.close();
+    if (!r.ok) die(`chain broken at seq ${r.brokenAt} (after ${r.rows} intact rows): a row was changed, inserted or removed`);
+    process.stdout.write(`audit log intact: ${r.rows} rows\n`);
+    if (anchor) process.stdout.write(`continues the archived chain after seq ${anchor.seq} (hash ${anchor.hash})\n`);
+  });
 
   where(
     audit

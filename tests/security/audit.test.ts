@@ -5,7 +5,7 @@
  * checks the chain.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, readFileSync } from 'node:fs';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentProcess, CLI, agentDirs, type AgentDirs } from '../helpers/agent.js';
@@ -117,6 +117,18 @@ describe.skipIf(skipWithoutMosquitto)('audit log: the running agent, edge-agent 
     await until(() => sub.on('imaging/audit-1/result').length === 2, 30_000, 'second result');
     const next = ndjson(cli(['audit', 'export', '--since', '1h', '--state-dir', dirs.stateDir]).stdout);
     expect(next).toMatchObject([{ seq: 4, kind: 'result' }]);
-    expect(cli(['audit', 'verify', '--state-dir', dirs.stateDir]).stdout).toBe('audit log intact: 1 rows\n');
+    const verified = cli(['audit', 'verify', '--state-dir', dirs.stateDir]).stdout;
+    expect(verified).toMatch(/^audit log intact: 1 rows\ncontinues the archived chain after seq 3 \(hash ([0-9a-f]{64})\)\n$/);
+    // The archive file verifies on its own and ends exactly where the store's chain continues.
+    const archiveCheck = cli(['audit', 'verify', '--file', out]);
+    expect(archiveCheck.status).toBe(0);
+    const lastHash = /hash ([0-9a-f]{64})/.exec(verified)![1]!;
+    expect(archiveCheck.stdout).toBe(`${out}: intact, 3 rows, last seq 3 hash ${lastHash}\n`);
+    // An archive edited afterwards (a result's resultId changed) is caught.
+    const forged = path.join(dirs.root, 'forged.ndjson');
+    writeFileSync(forged, readFileSync(out, 'utf8').replace(/"resultId":"[0-9a-f]{32}"/, `"resultId":"${'0'.repeat(32)}"`));
+    const bad = cli(['audit', 'verify', '--file', forged]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toMatch(/chain broken at seq 2/);
   });
 });

@@ -3,7 +3,7 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { parseSince } from '../../src/store/audit.js';
+import { parseSince, verifyExported } from '../../src/store/audit.js';
 import { StateStore, payloadSha256 } from '../../src/store/index.js';
 
 function open(): { dir: string; s: StateStore } {
@@ -177,5 +177,38 @@ describe('archive (operator path; never automatic)', () => {
     ).toThrow('ENOSPC');
     expect(s.audit.count()).toBe(1);
     expect(s.audit.anchor()).toBeNull();
+  });
+});
+
+describe('verifyExported (archived NDJSON)', () => {
+  function archived(): { lines: string[]; s: StateStore } {
+    const { s } = open();
+    s.audit.result({ resultId: 'r1', model, inputSha256: 'cd'.repeat(32), at: 1000 });
+    s.audit.command({ cmd: 'ping', sender: null, payloadSha256: payloadSha256('{}'), outcome: 'ok', transaction: 't', at: 2000 });
+    s.audit.modelChange({ from: model, to: null, reason: 'sighup-reload refused (signature)', actor: 'operator', at: 3000 });
+    s.audit.result({ resultId: 'r2', model, inputSha256: 'ef'.repeat(32), frame: 3, at: 4000 });
+    const lines: string[] = [];
+    s.audit.archive(10_000, (l) => lines.push(l), () => undefined);
+    return { lines, s };
+  }
+
+  it('an untouched archive verifies and ends at the store anchor; split files chain through prev', () => {
+    const { lines, s } = archived();
+    const whole = verifyExported(lines);
+    expect(whole).toEqual({ ok: true, rows: 4, brokenAt: null, last: s.audit.anchor(), startsUnverifiedAt: null });
+    const first = verifyExported(lines.slice(0, 2));
+    expect(verifyExported(lines.slice(2), first.last!)).toMatchObject({ ok: true, rows: 2 });
+    expect(verifyExported(lines.slice(2))).toMatchObject({ ok: true, startsUnverifiedAt: 3 });
+    // The export's lines verify the same way as the archive's.
+    s.audit.result({ resultId: 'r3', model, inputSha256: 'ab'.repeat(32) });
+    expect(verifyExported([...s.audit.entries()].map((e) => JSON.stringify(e)), s.audit.anchor()!)).toMatchObject({ ok: true, rows: 1 });
+  });
+
+  it('an edited, removed or reordered line breaks the chain at that line', () => {
+    const { lines } = archived();
+    expect(verifyExported([lines[0]!, lines[1]!.replace('"ok"', '"refused"'), lines[2]!, lines[3]!])).toMatchObject({ ok: false, brokenAt: 2 });
+    expect(verifyExported([lines[0]!, lines[2]!, lines[3]!])).toMatchObject({ ok: false, brokenAt: 3 });
+    expect(verifyExported([lines[1]!, lines[0]!], undefined)).toMatchObject({ ok: false, brokenAt: 1 });
+    expect(verifyExported([lines[0]!, 'not json'])).toMatchObject({ ok: false, brokenAt: 2 });
   });
 });
