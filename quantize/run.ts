@@ -144,7 +144,7 @@ export async function quantizeBundle(o: QuantizeOptions): Promise<QuantizeReport
     () => false,
   );
   if (signed && !privateKey && !o.dryRun) throw new Error(`bundle '${o.bundle}' is signed: give --key PRIVATE.pem to re-sign it after adding the int8 file (or --dry-run)`);
-  if (signed) {
+  if (signed && !o.dryRun) {
     const trusted = [...(privateKey ? [parsePublicKey(createPublicKey(privateKey).export({ type: 'spki', format: 'pem' }), o.key)] : []), ...(await loadTrustedKeys(o.trustedKeys ?? []))];
     const dirReal = await realpath(o.bundle);
     try {
