@@ -254,8 +254,12 @@ interface CacheFile {
   entries: Record<string, CacheEntry>;
 }
 
+/**
+ * Model file + runtime + precision + threads + runtime options + machine. Not the isolation mode or worker
+ * count (their IPC cost is the same for every candidate; the threads they imply are in `threads`), so the
+ * in-process `infer` finds what the agent measured.
+ */
 function cacheKey(c: Candidate, opts: SelectOptions, fp: MachineFingerprint): string {
-  const iso = opts.isolation;
   const material = {
     file: c.file.sha256,
     runtime: c.runtime,
@@ -266,8 +270,6 @@ function cacheKey(c: Candidate, opts: SelectOptions, fp: MachineFingerprint): st
       intraOpThreads: opts.load.intraOpThreads,
       interOpThreads: opts.load.interOpThreads,
       graphOptimization: opts.load.graphOptimization,
-      isolation: iso?.mode ?? 'none',
-      workers: iso && iso.mode !== 'none' ? iso.workers : 0,
     },
     machine: fp,
   };

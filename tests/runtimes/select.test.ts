@@ -175,7 +175,8 @@ describe('runtime selection: auto', () => {
 
   it('with intra-op threads left to the agent (0), auto measures ORT at 1 thread and at cores/workers and serves the faster', async () => {
     const cores = (await import('node:os')).availableParallelism();
-    const r = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: stateDir(), intraOpThreads: 0, isolation: { mode: 'process', workers: 1, inferenceTimeoutMs: 30_000, maxWorkerRssMb: 0, restartLimit: { count: 5, windowSec: 60 } } });
+    const state = stateDir();
+    const r = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: state, intraOpThreads: 0, isolation: { mode: 'process', workers: 1, inferenceTimeoutMs: 30_000, maxWorkerRssMb: 0, restartLimit: { count: 5, windowSec: 60 } } });
     const onnx = r.candidates.filter((c) => c.runtime === 'onnx');
     const others = r.candidates.filter((c) => c.runtime !== 'onnx');
     if (cores > 1) {
@@ -187,6 +188,10 @@ describe('runtime selection: auto', () => {
     expect(chosen.status).toBe('measured');
     expect(r.chosen!.threads).toBe(chosen.threads);
     expect(r.order[0]).toBe(candidateKey(r.chosen!));
+    // `edge-agent infer` (in process, no benchmark) follows what the agent measured in its workers
+    const cli = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: state, intraOpThreads: 0, benchmark: false });
+    expect(cli).toMatchObject({ cached: true, order: r.order });
+    expect(candidateKey(cli.chosen!)).toBe(candidateKey(r.chosen!));
   }, 120_000);
 
   it('int8 slower than fp32 on this hardware: fp32 serves and the report says so; an explicit precision still wins', async () => {
