@@ -1,6 +1,6 @@
 /**
  * bench/runtimes: every runtime x precision file of a bundle (default: the shipped orientation-qa)
- * x intra-op threads (1, 2) x inference workers (1, 2), served the way the agent serves it (supervised
+ * x intra-op threads (1, 2; ORT only: TF.js and LiteRT.js are single-threaded in Node) x inference workers (1, 2), served the way the agent serves it (supervised
  * worker processes, src/runtimes/worker/), batch 1 on the bundle's real pre-processed golden inputs.
  * A benchmark, not a test; figures go into docs/PERFORMANCE.md "Runtimes".
  *
@@ -27,7 +27,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadBundle, modelFiles } from '../../src/models/bundle.js';
 import type { LoadedBundle } from '../../src/models/types.js';
-import { benchmarkInput, candidateKey, machineFingerprint, planSelection, type Candidate } from '../../src/runtimes/select.js';
+import { THREADED_RUNTIMES, benchmarkInput, candidateKey, machineFingerprint, planSelection, type Candidate } from '../../src/runtimes/select.js';
 import { goldenEntries } from '../../src/models/golden.js';
 import { runtimeRegistry } from '../../src/runtimes/registry.js';
 import type { InferenceSessionHandle, RuntimeLoadOptions } from '../../src/runtimes/types.js';
@@ -147,7 +147,8 @@ async function main(): Promise<void> {
   const skipped = modelFiles(bundle).filter((f) => !registered.has(f.format)).map((f) => `${f.format}/${f.precision}: runtime not registered`);
   const configs: Config[] = [];
   for (const c of candidates) {
-    for (const threads of THREADS) {
+    // TF.js (wasm) and LiteRT.js run one thread in Node whatever intraOpThreads says: one thread row only.
+    for (const threads of THREADED_RUNTIMES.includes(c.runtime) ? THREADS : [1]) {
       for (const workers of WORKERS) {
         configs.push({ key: `${candidateKey(c)} t${threads} w${workers}`, runtime: c.runtime, precision: c.precision, threads, workers, candidate: c });
       }
@@ -260,8 +261,9 @@ async function main(): Promise<void> {
   md.push('|---|---|---|---|---|---|---|---|');
   for (const r of withRatios) {
     const mark = r.key === autoKey ? ' **(default: auto)**' : '';
+    const threads = THREADED_RUNTIMES.includes(r.runtime) ? String(r.threads) : '1 (fixed)';
     md.push(
-      `| ${r.runtime}/${r.precision}${mark} | ${r.threads} | ${r.workers} | ${r.provider} | ${f(r.p50)} (${f(r.p50Range[0]!)}..${f(r.p50Range[1]!)}) | ${f(r.p99)} | ${f(r.imagesPerSec, 0)} (${f(r.imagesPerSecRange[0]!, 0)}..${f(r.imagesPerSecRange[1]!, 0)}) | ${r.latencyRatio?.toFixed(2) ?? '-'}x / ${r.throughputRatio?.toFixed(2) ?? '-'}x |`,
+      `| ${r.runtime}/${r.precision}${mark} | ${threads} | ${r.workers} | ${r.provider} | ${f(r.p50)} (${f(r.p50Range[0]!)}..${f(r.p50Range[1]!)}) | ${f(r.p99)} | ${f(r.imagesPerSec, 0)} (${f(r.imagesPerSecRange[0]!, 0)}..${f(r.imagesPerSecRange[1]!, 0)}) | ${r.latencyRatio?.toFixed(2) ?? '-'}x / ${r.throughputRatio?.toFixed(2) ?? '-'}x |`,
     );
   }
   md.push('');
