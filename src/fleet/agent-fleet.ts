@@ -160,9 +160,14 @@ export class AgentFleet {
     this.health.recordError(code, job.error ?? code);
   }
 
+  /** Never throws (it runs on a timer: a throw there would be an uncaught exception). */
   private currentModelKey(): string {
-    const c = this.o.classifier();
-    return JSON.stringify([healthModel(c), selectionNotes(c)]);
+    try {
+      const c = this.o.classifier();
+      return JSON.stringify([healthModel(c), selectionNotes(c)]);
+    } catch {
+      return this.modelKey;
+    }
   }
 
   private configId(): string {

@@ -64,7 +64,12 @@ export function selectionNotes(classifier: unknown): string[] | undefined {
 /** Reads the model part of health from a classifier's `info` (+ `precision` when it has one). */
 export function healthModel(classifier: unknown): HealthModel {
   if (typeof classifier !== 'object' || classifier === null) return null;
-  const info = (classifier as { info?: unknown }).info as Record<string, unknown> | undefined;
+  let info: Record<string, unknown> | undefined;
+  try {
+    info = (classifier as { info?: unknown }).info as Record<string, unknown> | undefined;
+  } catch {
+    return null;
+  }
   if (typeof info !== 'object' || info === null) return null;
   const str = (v: unknown): string => (typeof v === 'string' ? v : '');
   const model: NonNullable<HealthModel> = {
