@@ -53,7 +53,12 @@ export function percentile(sorted: readonly number[], p: number): number | null 
 /** Reads `classifier.selection.notes` (runtime selection) without trusting its shape. */
 export function selectionNotes(classifier: unknown): string[] | undefined {
   if (typeof classifier !== 'object' || classifier === null) return undefined;
-  const selection = (classifier as { selection?: unknown }).selection;
+  let selection: unknown;
+  try {
+    selection = (classifier as { selection?: unknown }).selection;
+  } catch {
+    return undefined;
+  }
   if (typeof selection !== 'object' || selection === null) return undefined;
   const notes = (selection as { notes?: unknown }).notes;
   if (!Array.isArray(notes)) return undefined;
