@@ -85,7 +85,14 @@ export async function decodeBuffer(bytes: Uint8Array, opts: DecodeOptions): Prom
     case 'jpeg':
       return decodeRasterImage(bytes, format);
     case 'dicom':
-      return decodeDicom(bytes, opts);
+      try {
+        return decodeDicom(bytes, opts);
+      } catch (e) {
+        // dicom-parser throws plain strings from its value readers (e.g. a declared length past the
+        // end of the buffer, read after parsing); outside input never gets to fail as a non-DecodeError.
+        if (e instanceof DecodeError) throw e;
+        throw new DecodeError('corrupt', `DICOM data set cannot be read: ${e instanceof Error ? e.message : String(e)}`);
+      }
     default:
       throw new DecodeError('unsupported-format', 'not DICOM, PNG or JPEG (unrecognised content)');
   }

@@ -93,7 +93,9 @@ export class DecodeError extends Error {
       | 'constant-image'
       | 'too-large'
       | 'unsupported-format'
-      | 'empty-file',
+      | 'empty-file'
+      /** Decoding ran past the per-file limit and was stopped (DecodePool, pool.ts). */
+      | 'decode-timeout',
     message: string,
   ) {
     super(message);

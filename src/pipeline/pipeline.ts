@@ -10,7 +10,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, readFile, rename, copyFile, unlink, writeFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { decodeBuffer } from '../decode/index.js';
+import { DecodePool } from '../decode/pool.js';
 import { DecodeError, type DecodeOptions, type DecodedCapture, type ImageFrame } from '../decode/types.js';
 import type { CompleteFile } from '../ingest/watcher.js';
 import type { Job, StateStore, OutboxMessage } from '../store/index.js';
@@ -33,6 +33,8 @@ export interface PipelineOptions {
   topics: { result: string; error: string };
   /** While the state disk is full: how often a small write probes whether space came back (default 2000). */
   storeFullPollMs?: number;
+  /** Per-file decode limit (decoding runs in worker threads, src/decode/pool.ts); default 20000. */
+  decodeTimeoutMs?: number;
 }
 
 export interface PipelineEvents {
@@ -90,6 +92,8 @@ export class Pipeline {
   private stopping = false;
   private refused = false;
   private idleWaiters: (() => void)[] = [];
+  /** Decoding off the event loop, with a per-file time limit (a hostile file cannot stall the agent). */
+  private readonly decoder: DecodePool;
   /** File names as logs and error reports may show them, per job hash (src/pipeline/names.ts). */
   private readonly shownNames = new Map<string, string>();
   /** Set while the state store's disk is full (see enterStoreFull). */
@@ -108,6 +112,7 @@ export class Pipeline {
     private readonly log: Logger,
     private readonly events: PipelineEvents = {},
   ) {
+    this.decoder = new DecodePool({ size: Math.max(1, opts.concurrency), timeoutMs: opts.decodeTimeoutMs ?? 20_000 });
     store.outbox.onJobPublished = (hash) => {
       const job = store.journal.get(hash);
       if (!job) return;
@@ -305,7 +310,7 @@ export class Pipeline {
       const t1 = performance.now();
       let capture: DecodedCapture;
       try {
-        capture = await decodeBuffer(bytes, this.opts.decode);
+        capture = await this.decoder.decode(bytes, this.opts.decode);
       } catch (err) {
         if (err instanceof DecodeError) throw new InputError(err.code, err.message);
         throw err;
@@ -545,6 +550,7 @@ export class Pipeline {
     if (this.storeFull) clearInterval(this.storeFull.timer);
     this.queue.length = 0;
     if (this.running > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    await this.decoder.close();
   }
 
   /** Resolves when nothing is queued or running (tests, benches). */

@@ -1,0 +1,51 @@
+/**
+ * Regression tests for what the decode fuzzer found (tests/fixtures/fuzz-seeds/findings/, SOURCES.md):
+ * - a bit-flipped HTJ2K file on which the openjph codec never returns: the decode pool stops it at the
+ *   per-file limit ('decode-timeout') and the next file decodes on a fresh worker;
+ * - a bit-flipped implicit-VR file on which dicom-parser throws a plain string after parsing: a
+ *   DecodeError ('corrupt') with the parser's words, not an unclassified error the pipeline would retry.
+ */
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { decodeBuffer, DecodeError, defaultDecodeOptions } from '../../src/decode/index.js';
+import { DecodePool } from '../../src/decode/pool.js';
+
+const finding = (name: string): Uint8Array => new Uint8Array(readFileSync(`tests/fixtures/fuzz-seeds/findings/${name}`));
+const GOOD = new Uint8Array(readFileSync('tests/fixtures/fuzz-seeds/derived_MR_small_htj2k_lossless.dcm'));
+
+describe('fuzzer findings', () => {
+  it('a decode that never returns is stopped at the per-file limit; the pool keeps decoding', async () => {
+    const pool = new DecodePool({ size: 1, timeoutMs: 1500 });
+    try {
+      const err = await pool.decode(finding('htj2k-bitflip-hang.dcm'), defaultDecodeOptions()).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(DecodeError);
+      expect((err as DecodeError).code).toBe('decode-timeout');
+      expect((err as DecodeError).message).toMatch(/did not finish within 1500 ms/);
+      expect(pool.timeouts).toBe(1);
+      // The same seed, unmutated, decodes on the replacement worker, identical to the main thread.
+      const viaPool = await pool.decode(GOOD, defaultDecodeOptions());
+      const direct = await decodeBuffer(GOOD, defaultDecodeOptions());
+      expect(viaPool.frames[0]!.width).toBe(direct.frames[0]!.width);
+      expect(Array.from(viaPool.frames[0]!.data)).toEqual(Array.from(direct.frames[0]!.data));
+      expect(viaPool.meta.modality).toBe(direct.meta.modality);
+    } finally {
+      await pool.close();
+    }
+  }, 30_000);
+
+  it('a value reader throwing a plain string becomes a coded DecodeError (corrupt), through the pool too', async () => {
+    const bytes = finding('implicit-bitflip-string-throw.dcm');
+    const err = await decodeBuffer(bytes, defaultDecodeOptions()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DecodeError);
+    expect((err as DecodeError).code).toBe('corrupt');
+    expect((err as DecodeError).message).toMatch(/attempt to read past end of buffer/);
+    const pool = new DecodePool({ size: 1, timeoutMs: 10_000 });
+    try {
+      const viaPool = await pool.decode(bytes, defaultDecodeOptions()).catch((e: unknown) => e);
+      expect(viaPool).toBeInstanceOf(DecodeError);
+      expect((viaPool as DecodeError).code).toBe('corrupt');
+    } finally {
+      await pool.close();
+    }
+  });
+});
