@@ -237,6 +237,8 @@ export function quantizeStatic(model: ModelProto, plan: StaticPlan, ranges: Reco
   const usedWeights = new Map<string, number>();
   for (const n of nodes) for (const i of n.input ?? []) usedWeights.set(i, (usedWeights.get(i) ?? 0) + 1);
   const dropInits = new Set<string>();
+  const emitted = new Set<string>();
+  const graphOutputs = new Set((g.output ?? []).map((o) => o.name ?? ''));
   const qType = actType === 'uint8' ? DataType.UINT8 : DataType.INT8;
 
   // tensor -> its QDQ parameter initializers
@@ -295,11 +297,17 @@ export function quantizeStatic(model: ModelProto, plan: StaticPlan, ranges: Reco
       const wShape = dims(w.tensor);
       const wq = quantizePerChannel(floatData(w.tensor), wShape, w.axis);
       const wName = w.name;
-      newInits.push(makeTensor(`${wName}_quantized`, DataType.INT8, wShape, wq.q));
-      newInits.push(makeTensor(`${wName}_scale`, DataType.FLOAT, [wq.scales.length], wq.scales));
-      newInits.push(makeTensor(`${wName}_zero_point`, DataType.INT8, [wq.scales.length], new Int8Array(wq.scales.length)));
-      out.push(makeNode('DequantizeLinear', [`${wName}_quantized`, `${wName}_scale`, `${wName}_zero_point`], [`${wName}_DequantizeLinear_Output`], `${wName}_DequantizeLinear`, [attrInt('axis', w.axis)]));
-      if (usedWeights.get(wName) === 1) dropInits.add(wName);
+      // a weight shared by several nodes is quantized once (same tensor, same channel axis)
+      if (!emitted.has(wName)) {
+        emitted.add(wName);
+        newInits.push(makeTensor(`${wName}_quantized`, DataType.INT8, wShape, wq.q));
+        newInits.push(makeTensor(`${wName}_scale`, DataType.FLOAT, [wq.scales.length], wq.scales));
+        newInits.push(makeTensor(`${wName}_zero_point`, DataType.INT8, [wq.scales.length], new Int8Array(wq.scales.length)));
+        out.push(makeNode('DequantizeLinear', [`${wName}_quantized`, `${wName}_scale`, `${wName}_zero_point`], [`${wName}_DequantizeLinear_Output`], `${wName}_DequantizeLinear`, [attrInt('axis', w.axis)]));
+      }
+      // the float weight goes unless a node that stays fp32 (or a graph output) still reads it
+      const fp32Reader = nodes.some((m2, j) => kindAt.get(j) !== 'compute' && (m2.input ?? []).includes(wName));
+      if (!fp32Reader && !graphOutputs.has(wName)) dropInits.add(wName);
       const inputs = [...(n.input ?? [])];
       inputs[0] = inputRename.get(x) ?? x;
       inputs[1] = `${wName}_DequantizeLinear_Output`;
@@ -312,12 +320,14 @@ export function quantizeStatic(model: ModelProto, plan: StaticPlan, ranges: Reco
             bs[c] = xs * (wq.scales[c] as number);
             bq[c] = Math.max(-2147483647, Math.min(2147483647, Math.round((b[c] as number) / (bs[c] as number))));
           }
-          const bName = w.bias;
+          // the int32 bias depends on this node's input scale: unique per node when shared
+          const bName = emitted.has(`bias:${w.bias}`) ? `${w.bias}_${i}` : w.bias;
+          emitted.add(`bias:${w.bias}`);
           newInits.push(makeTensor(`${bName}_quantized`, DataType.INT32, [b.length], bq));
           newInits.push(makeTensor(`${bName}_quantized_scale`, DataType.FLOAT, [b.length], bs));
           newInits.push(makeTensor(`${bName}_quantized_zero_point`, DataType.INT32, [b.length], new Int32Array(b.length)));
           out.push(makeNode('DequantizeLinear', [`${bName}_quantized`, `${bName}_quantized_scale`, `${bName}_quantized_zero_point`], [`${bName}_DequantizeLinear_Output`], `${bName}_DequantizeLinear`, [attrInt('axis', 0)]));
-          if (usedWeights.get(bName) === 1) dropInits.add(bName);
+          if (usedWeights.get(w.bias) === 1) dropInits.add(w.bias);
           inputs[2] = `${bName}_DequantizeLinear_Output`;
         }
       }
