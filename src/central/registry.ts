@@ -196,12 +196,22 @@ export class Registry {
         labels: m.labels,
         uploadedAt: new Date().toISOString(),
       };
-      this.opts.db
-        .prepare(
-          `INSERT INTO bundles (id, version, storage_key, sha256, size, manifest_sha, key_id, task, labels, uploaded_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-        )
-        .run(m.id, m.version, this.storageKey(m.id, m.version), sha256, size, record.manifestSha256, record.keyId, record.task, JSON.stringify(m.labels), record.uploadedAt);
+      try {
+        this.opts.db
+          .prepare(
+            `INSERT INTO bundles (id, version, storage_key, sha256, size, manifest_sha, key_id, task, labels, uploaded_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+          )
+          .run(m.id, m.version, this.storageKey(m.id, m.version), sha256, size, record.manifestSha256, record.keyId, record.task, JSON.stringify(m.labels), record.uploadedAt);
+      } catch (e) {
+        // two uploads of the same version at once: the first one's index row wins
+        if ((e as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+          const won = this.get(m.id, m.version);
+          if (won?.sha256 === sha256) return { record: won, created: false };
+          throw new RegistryError(409, 'version-exists', `${m.id}@${m.version} was uploaded concurrently with different content; a version is immutable`);
+        }
+        throw e;
+      }
       return { record, created: true };
     } finally {
       await rm(work, { recursive: true, force: true });
@@ -231,6 +241,10 @@ export class Registry {
         hash.update(chunk);
       });
       body.on('error', (e) => fail(e));
+      // a client that disconnects mid-upload: no 'end' will come
+      body.on('close', () => {
+        if (!body.readableEnded) fail(new RegistryError(400, 'aborted', 'upload aborted before the end of the body'));
+      });
       out.on('error', (e) => fail(e));
       out.on('finish', () => {
         if (!failed) resolve({ sha256: hash.digest('hex'), size });

@@ -447,6 +447,12 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
     this.emit('change', doc.id);
   }
 
+  /** The running rollout that ships this bundle, if any (a bundle agents may still download). */
+  usedBy(id: string, version: string): string | null {
+    for (const a of this.active.values()) if (a.doc.bundle.id === id && a.doc.bundle.version === version) return a.doc.id;
+    return null;
+  }
+
   /** Operator halt: stops the rollout and reverts the devices it touched. */
   async halt(id: string, by = 'operator'): Promise<RolloutView> {
     const act = this.active.get(id);

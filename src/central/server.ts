@@ -400,6 +400,8 @@ export async function startCentral(opts: CentralOptions): Promise<CentralServer>
           return send(res, 200, rec);
         }
         if (method === 'DELETE') {
+          const busy = rollouts.usedBy(a, b);
+          if (busy) throw new HttpError(409, `${a}@${b} is being rolled out by ${busy}; halt it or wait for it before deleting the bundle`);
           if (!(await registry.delete(a, b))) throw new HttpError(404, `no bundle ${a}@${b}`);
           return send(res, 200, { deleted: `${a}@${b}` });
         }

@@ -161,6 +161,10 @@ describe.skipIf(skipWithoutMosquitto)('central rollout controller', () => {
     res = await post({ bundle: 'orientation-qa@1.2.0', group: 'ward-e' });
     expect(res.status).toBe(409);
     expect(await err(res)).toContain(r.id);
+    // the bundle a running rollout ships cannot be deleted from under the agents
+    res = await central.api('/api/bundles/orientation-qa/1.2.0', { method: 'DELETE' });
+    expect(res.status).toBe(409);
+    expect(await err(res)).toContain(r.id);
     await central.api(`/api/rollouts/${r.id}/halt`, { method: 'POST' });
     res = await central.api('/api/rollouts', { method: 'POST', body: 'group=x', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
     expect(res.status).toBe(415);
