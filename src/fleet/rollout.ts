@@ -78,6 +78,8 @@ const MODEL_FAILURE_CODES = new Set(['processing-failed', 'poison-input', 'too-m
 
 const DEFAULT_MIN_AGREEMENT = 0.9;
 const DEFAULT_MAX_ERROR_RATE = 0.1;
+/** Longest `reason` put on model/state (the full text is in the agent's log). */
+const MAX_REASON = 2000;
 /** Restarts in a row while observing a new version before it is rolled back. */
 const MAX_OBSERVE_RESTARTS = 3;
 
@@ -451,6 +453,10 @@ export class RolloutManager {
       }
       const f = e instanceof RolloutFailure ? e : new RolloutFailure(phase, 'internal', (e as Error).message);
       this.log.error({ rolloutId: doc.rolloutId, phase: f.phase, code: f.code, reason: f.message }, 'model rollout refused; the serving model stays');
+      // a version refused at golden or shadow is of no use on disk (activate would refuse it again)
+      if (this.store.has(target) && !sameRef(target, this.store.active) && !sameRef(target, this.store.previous)) {
+        await this.store.remove(target).catch((e: unknown) => this.log.warn({ err: e }, 'could not remove the refused version'));
+      }
       const serving = this.servingRef();
       this.host.audit?.({ from: serving, to: null, reason: `rollout ${doc.rolloutId} of ${refString(target)} refused at ${f.phase} (${f.code})`, actor: 'central' });
       await this.finish(doc, {
@@ -649,7 +655,7 @@ export class RolloutManager {
 
   private progress(doc: DesiredModel, bytes: number, total: number): void {
     const pct = Math.floor((100 * bytes) / Math.max(1, total));
-    if (pct < this.lastProgressPct + 5 && bytes < total) return;
+    if (pct === this.lastProgressPct || (pct < this.lastProgressPct + 5 && bytes < total)) return;
     this.lastProgressPct = pct;
     void this.step(doc, 'downloading', null, { progress: { bytes, total } }, false);
   }
@@ -731,9 +737,10 @@ export class RolloutManager {
       previous: leaving,
       reason,
     };
-    // the retained desired document, if any, must not undo an operator's choice on the next reconnect
+    // the retained desired document, if any, must not undo an operator's choice on the next reconnect or
+    // restart: it counts as handled, and this state (not the rollout's) is what is restated then
     const eff = this.effective();
-    if (eff) this.record.last = { key: desiredKey(eff), state: { ...state, rolloutId: eff.rolloutId } };
+    if (eff) this.record.last = { key: desiredKey(eff), state };
     await this.saveRecord();
     await this.report(state);
   }
@@ -795,6 +802,8 @@ export class RolloutManager {
   }
 
   private async report(state: ModelState): Promise<void> {
+    // a reason can list every runtime's golden failure: keep the retained document small
+    if (state.reason && state.reason.length > MAX_REASON) state = { ...state, reason: `${state.reason.slice(0, MAX_REASON - 1)}…` };
     this.lastState = state;
     await this.host.publishState(this.stateTopic, state);
   }

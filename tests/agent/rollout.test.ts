@@ -7,12 +7,12 @@
  * carrying a bad signature is refused with the reason on model/state while the old model keeps serving;
  * an agent killed during activation or mid-download comes back serving a whole model and finishes.
  */
-import { copyFileSync } from 'node:fs';
+import { copyFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import type { DesiredModel, ModelState } from '../../src/fleet/protocol.js';
+import type { CommandResponse, DesiredModel, ModelState } from '../../src/fleet/protocol.js';
 import { AgentProcess, agentDirs, type AgentDirs } from '../helpers/agent.js';
 import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { Subscriber, until } from '../mqtt/util.js';
@@ -105,7 +105,17 @@ describe.skipIf(skipWithoutMosquitto)('model rollout on a running agent (real mo
       await until(() => results().slice(before).some((r) => r.input.fileName === name), 60_000, `a result for ${name}`);
       return results().slice(before).find((r) => r.input.fileName === name)!;
     };
-    return { dirs, central, states, results, publish, waitState, classifyOne };
+    let tx = 0;
+    /** Sends a fleet command and returns the response's data (or `{error}` for an error response). */
+    const command = async (cmd: string, data: object = {}): Promise<unknown> => {
+      const transaction = `t-${++tx}`;
+      await central.client.publishAsync(`imaging/${deviceId}/request/${cmd}`, JSON.stringify({ transaction, data }), { qos: 1 });
+      const mine = () => central.on(`imaging/${deviceId}/response/${cmd}`).map((m) => JSON.parse(m.payload) as CommandResponse).find((r) => r.transaction === transaction);
+      await until(() => mine() !== undefined, 60_000, `response to ${cmd}`);
+      const r = mine()!;
+      return r.status === 'ok' ? r.data : { error: r.error };
+    };
+    return { dirs, central, states, results, publish, waitState, classifyOne, command };
   }
 
   it('moves a running agent to a new version; a golden failure and a bad signature are refused while the old model keeps serving', async () => {
@@ -139,7 +149,25 @@ describe.skipIf(skipWithoutMosquitto)('model rollout on a running agent (real mo
     expect(refusedSig.reason).toMatch(/manifest\.sig does not match manifest\.json/);
     expect((await h.classifyOne(h.dirs)).model.version).toBe('2.0.0');
 
-    // 4. the rolled-out version survives a restart (served from the store, not the shipped bundle)
+    // 4. fleet commands: models lists what is installed; rollback returns to the shipped model; activate goes forward again
+    const models = (await h.command('models')) as { active: { version: string }; previous: null; installed: { version: string; active: boolean }[] };
+    expect(models.active.version).toBe('2.0.0');
+    expect(models.previous).toBeNull();
+    expect(models.installed.map((m) => [m.version, m.active])).toEqual([['2.0.0', true]]);
+    expect(await h.command('rollback')).toMatchObject({ serving: { version: shipped } });
+    expect((await h.classifyOne(h.dirs)).model.version).toBe(shipped);
+    const refusedActivate = (await h.command('activate', { version: '9.9.9' })) as { error?: string };
+    expect(refusedActivate.error).toMatch(/version 9\.9\.9 is not installed/);
+    expect(await h.command('activate', { version: '2.0.0' })).toMatchObject({ serving: { version: '2.0.0' } });
+    expect((await h.classifyOne(h.dirs)).model.version).toBe('2.0.0');
+
+    // docs/MQTT.md quotes these payloads from a real run: ROLLOUT_EXAMPLE_OUT=file writes them there
+    if (process.env.ROLLOUT_EXAMPLE_OUT) {
+      const msgs = h.central.messages.filter((m) => /\/(desired\/model|model\/state)$/.test(m.topic) && m.payload !== '');
+      writeFileSync(process.env.ROLLOUT_EXAMPLE_OUT, msgs.map((m) => `${m.topic} ${m.payload}`).join('\n') + '\n');
+    }
+
+    // 5. the rolled-out version survives a restart (served from the store, not the shipped bundle)
     expect(await agent.stop()).toBe(0);
     const again = await AgentProcess.start(h.dirs);
     cleanup.push(() => again.kill());

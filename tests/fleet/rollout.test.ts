@@ -188,6 +188,7 @@ describe('model rollout (desired state)', () => {
     expect(host.current).toBe(before);
     expect(host.swaps).toBe(0);
     expect(store.active).toBeNull();
+    expect(store.list()).toEqual([]); // the refused version is not kept
     expect(host.audits.at(-1)!.reason).toMatch(/refused at golden \(golden-mismatch\)/);
     // the retained document delivered again does not start the failed rollout over
     const requests = server.requests.length;
