@@ -59,8 +59,9 @@ const run = {
   startedAt: started.toISOString(),
   command: `node dist/bench/chaos/run.js ${process.argv.slice(2).join(' ')}`.trim(),
   seed,
-  commit: sh('git rev-parse --short HEAD'),
-  dirty: sh('git status --porcelain --untracked-files=no') !== '',
+  // CHAOS_COMMIT: when run from an exported tree (git archive of a commit) that has no .git.
+  commit: process.env.CHAOS_COMMIT ?? sh('git rev-parse --short HEAD'),
+  dirty: process.env.CHAOS_COMMIT ? false : sh('git status --porcelain --untracked-files=no') !== '',
   machine: { host: os.hostname(), cpus: os.cpus().length, cpu: os.cpus()[0]?.model ?? 'unknown', memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version, loadavg: os.loadavg() },
   results: {} as Record<string, unknown>,
   wallMs: 0,
