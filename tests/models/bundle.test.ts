@@ -45,9 +45,9 @@ describe('loadBundle on the shipped orientation-qa bundle', () => {
     expect(b.manifest.version).toMatch(/^\d+\.\d+\.\d+/);
     expect(b.manifest.labels).toEqual(['rot0', 'rot90', 'rot180', 'rot270']);
     expect(b.manifestSha256).toMatch(/^[0-9a-f]{64}$/);
-    const f = selectModelFile(b, 'onnx');
-    expect(f).toMatchObject({ path: 'model.onnx', precision: 'fp32' });
-    expect(selectModelFile(b, 'onnx', 'fp32')).toBe(f);
+    // int8 is preferred when the bundle has both (edge-quantize's model_int8.onnx); fp32 on request
+    expect(selectModelFile(b, 'onnx')).toMatchObject({ path: 'model_int8.onnx', precision: 'int8' });
+    expect(selectModelFile(b, 'onnx', 'fp32')).toMatchObject({ path: 'model.onnx', precision: 'fp32' });
   });
 
   it('records provenance: training code revision, data sources with licences, split and metrics', async () => {
@@ -62,8 +62,8 @@ describe('loadBundle on the shipped orientation-qa bundle', () => {
 
   it('says clearly when a format or precision is not in the bundle', async () => {
     const b = await loadBundle(BUNDLE_DIR);
-    expect(() => selectModelFile(b, 'tflite')).toThrow(/has no tflite model file \(has: onnx\/fp32, tfjs\/fp32\)/);
-    expect(() => selectModelFile(b, 'onnx', 'int8')).toThrow(BundleError);
+    expect(() => selectModelFile(b, 'tfjs', 'int8')).toThrow(/has no tfjs\/int8 model file \(has: .*onnx\/fp32.*\)/);
+    expect(() => selectModelFile(b, 'tfjs', 'int8')).toThrow(BundleError);
   });
 });
 

@@ -19,7 +19,8 @@ let session: InferenceSessionHandle;
 
 beforeAll(async () => {
   bundle = await loadBundle(BUNDLE_DIR);
-  const file = selectModelFile(bundle, 'onnx');
+  // the fp32 model: these tests hold it to the training framework's outputs (int8: tests/quantize)
+  const file = selectModelFile(bundle, 'onnx', 'fp32');
   session = await new OnnxRuntime().load(path.join(bundle.dir, file.path), {
     providers: ['cpu'],
     intraOpThreads: 1,

@@ -53,7 +53,7 @@ let tfjs: InferenceSessionHandle;
 beforeAll(async () => {
   bundle = await loadBundle(BUNDLE_DIR);
   const io = { inputName: bundle.manifest.input.name, outputName: bundle.manifest.output.name };
-  onnx = await new OnnxRuntime().load(path.join(bundle.dir, selectModelFile(bundle, 'onnx').path), opts(['cpu']), io);
+  onnx = await new OnnxRuntime().load(path.join(bundle.dir, selectModelFile(bundle, 'onnx', 'fp32').path), opts(['cpu']), io);
   tfjs = await new TfjsRuntime().load(path.join(bundle.dir, selectModelFile(bundle, 'tfjs').path), opts(['wasm']), io);
 });
 
@@ -130,7 +130,7 @@ describe('parity: the shipped model through onnx and tfjs (wasm) on the same rea
     const json = JSON.parse(await readFile(path.join(bundle.dir, selectModelFile(bundle, 'tfjs').path), 'utf8')) as {
       userDefinedMetadata?: { source?: { path: string; sha256: string } };
     };
-    const onnxFile = selectModelFile(bundle, 'onnx');
+    const onnxFile = selectModelFile(bundle, 'onnx', 'fp32');
     expect(json.userDefinedMetadata?.source).toEqual({ path: onnxFile.path, sha256: onnxFile.sha256 });
   });
 
