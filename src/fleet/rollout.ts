@@ -29,6 +29,8 @@
  * is what the store serves (after several restarts in a row during observation it is rolled back: a model
  * that crashes the agent must not stay), or is resumed when the pointer switch had not happened.
  */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
 import type { Logger } from 'pino';
 import { Ajv, type ErrorObject } from 'ajv';
 import { BundleError, loadBundle } from '../models/bundle.js';
@@ -190,6 +192,8 @@ export class RolloutManager {
   private observe: ObserveRun | null = null;
   private stopped = false;
   private lastProgressPct = -1;
+  /** A command waits for the rollout work: an activation in progress skips its observation. */
+  private commandWaiting: string | null = null;
 
   constructor(
     private readonly opts: RolloutOptions,
@@ -483,6 +487,11 @@ export class RolloutManager {
   private async finishActivated(doc: DesiredModel, resumed: boolean): Promise<void> {
     const key = desiredKey(doc);
     const want = doc.policy?.observeImages ?? 0;
+    if (want > 0 && this.commandWaiting) {
+      this.working = null;
+      await this.finish(doc, { ...this.baseState('active', doc), reason: `observation skipped: interrupted by the ${this.commandWaiting} command` });
+      return;
+    }
     if (want > 0) {
       let interruptWith: ((e: Error) => void) | null = null;
       const interrupted = new Promise<never>((_, reject) => (interruptWith = reject));
@@ -684,14 +693,12 @@ export class RolloutManager {
 
   /** `activate {version}`: serves an installed version (verified and golden-checked again first). */
   activate(version: string, actor = 'central', id?: string): Promise<ModelInfo> {
-    return this.command(async () => {
-      const matches = this.store.list().filter((m) => m.version === version && (!id || m.id === id));
-      if (matches.length === 0) throw new Error(`version ${version} is not installed (installed: ${this.store.list().map(refString).join(', ') || 'none'})`);
-      const ref = matches[matches.length - 1]!;
+    return this.command('activate', async () => {
+      const ref = await this.resolveVersion(version, id);
       const serving = this.host.serving();
-      if (sameRef(serving, ref) && sameRef(this.store.active, ref)) return serving!;
-      const r = await this.switchTo(ref, { reason: `activate command: ${refString(ref)}`, actor }, this.store.active);
-      if (!r.ok) throw new Error(`${refString(ref)} refused, the current model keeps serving: ${r.error}`);
+      if (sameRef(serving, ref ?? (await this.shippedRef())) && sameRef(this.store.active, ref)) return serving!;
+      const r = await this.switchTo(ref, { reason: `activate command: ${ref ? refString(ref) : 'shipped model'}`, actor }, this.store.active);
+      if (!r.ok) throw new Error(`${ref ? refString(ref) : 'the shipped model'} refused, the current model keeps serving: ${r.error}`);
       await this.reportManual(`activated by command (${actor})`);
       return this.host.serving()!;
     });
@@ -699,11 +706,10 @@ export class RolloutManager {
 
   /** `rollback {version?}`: back to `version`, else to the previous version (or the shipped model). */
   rollback(version?: string, actor = 'central'): Promise<ModelInfo> {
-    return this.command(async () => {
+    return this.command('rollback', async () => {
       let ref: ModelRef | null;
       if (version) {
-        ref = this.store.list().find((m) => m.version === version) ?? null;
-        if (!ref) throw new Error(`version ${version} is not installed`);
+        ref = await this.resolveVersion(version);
       } else {
         if (!this.store.active) throw new Error('nothing to roll back: the shipped model is serving and no previous version is recorded');
         ref = this.store.previous;
@@ -716,12 +722,37 @@ export class RolloutManager {
     });
   }
 
-  private command<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.working || this.record.current) {
-      const phase = this.record.current?.phase ?? 'activating';
-      return Promise.reject(new Error(`a model rollout is in progress (${phase}); wait for it to end`));
+  /** An installed version, or null for the shipped bundle's version (central rolls back to what a device served). */
+  private async resolveVersion(version: string, id?: string): Promise<ModelRef | null> {
+    const matches = this.store.list().filter((m) => m.version === version && (!id || m.id === id));
+    if (matches.length) return matches[matches.length - 1]!;
+    const shipped = await this.shippedRef();
+    if (shipped && shipped.version === version && (!id || shipped.id === id)) return null;
+    const have = [...this.store.list().map(refString), ...(shipped ? [`${refString(shipped)} (shipped)`] : [])];
+    throw new Error(`version ${version} is not installed (installed: ${have.join(', ') || 'none'})`);
+  }
+
+  private async shippedRef(): Promise<ModelRef | null> {
+    try {
+      const m = JSON.parse(await readFile(path.join(this.opts.shippedBundle, 'manifest.json'), 'utf8')) as Partial<ModelRef>;
+      return typeof m.id === 'string' && typeof m.version === 'string' ? { id: m.id, version: m.version } : null;
+    } catch {
+      return null;
     }
-    const p = this.queue.then(fn);
+  }
+
+  /**
+   * Commands run one at a time with the rollout work. A rollout in progress is interrupted first: one
+   * not yet activated is abandoned (nothing changed), an observation ends with the version kept; an
+   * activation in progress is waited for. The operator's choice then stands (see reportManual).
+   */
+  private command<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    this.commandWaiting = name;
+    this.working?.interrupt(new Superseded(`interrupted by the ${name} command`));
+    const p = this.queue.then(() => {
+      this.commandWaiting = null;
+      return fn();
+    });
     this.queue = p.then(
       () => undefined,
       () => undefined,

@@ -319,6 +319,22 @@ describe('model rollout (desired state)', () => {
     expect((await mgr.activate('3.0.0')).version).toBe('3.0.0');
     await expect(mgr.activate('9.9.9')).rejects.toThrow(/version 9\.9\.9 is not installed/);
     expect(host.current.info.version).toBe('3.0.0');
+    // central rolls back to what a device served before, which may be the shipped model's version
+    expect((await mgr.rollback(shippedVersion)).version).toBe(shippedVersion);
+    expect(mgr.models()).toMatchObject({ active: null, previous: { version: '3.0.0' } });
+
+    // a command interrupts a rollout that has not activated (here: waiting in shadow for live images)
+    const doc = desired('v2', { policy: { shadowImages: 5 } });
+    await send(mgr, doc);
+    await until(() => host.last()?.phase === 'shadow', 30_000, 'shadow phase');
+    expect((await mgr.activate('3.0.0')).version).toBe('3.0.0');
+    expect(host.states.filter((s) => s.rolloutId === doc.rolloutId).at(-1)).toMatchObject({ phase: 'idle', reason: 'interrupted by the activate command' });
+    expect(host.last()).toMatchObject({ phase: 'active', rolloutId: null, reason: 'activated by command (central)', serving: { version: '3.0.0' } });
+    // and the retained document delivered again does not restart it: the operator's choice stands
+    await send(mgr, doc);
+    await mgr.idle();
+    expect(host.current.info.version).toBe('3.0.0');
+    expect(host.last()).toMatchObject({ rolloutId: null, reason: 'activated by command (central)' });
   });
 
   it('an agent stopped mid-download resumes on the next start from the partial file', async () => {
