@@ -107,6 +107,8 @@ export interface AgentConfig {
     healthIntervalSec: number;
     latencyWindow: number;
     commands: { enabled: boolean };
+    /** Seconds broker settings changed by set-config get to connect after a restart before they are reverted. */
+    confirmConnectSec: number;
     /** Installed model versions kept on disk (model rollout); the active and previous are never deleted. */
     keepVersions: number;
     /** Model bundle downloads from the central registry (desired/model). */
@@ -367,6 +369,11 @@ export const configSchema = {
               description: 'answer fleet commands on <base>/<device>/request/<cmd> (and group requests); false: no subscription at all',
             },
           },
+        },
+        confirmConnectSec: {
+          type: 'integer', minimum: 2, maximum: 86400, default: 300, 'x-restart': true,
+          description:
+            'after set-config changed mqtt.* (or deviceId) and the agent restarted, the new settings must reach the broker within this many seconds; otherwise they are reverted and the agent restarts (exit 75) with the previous ones',
         },
         keepVersions: {
           type: 'integer', minimum: 2, maximum: 100, default: 3, 'x-restart': true,

@@ -12,7 +12,7 @@ import type { PipelineLiveOptions } from '../pipeline/pipeline.js';
 import type { Job, StateStore } from '../store/index.js';
 import { registerAgentCommands } from './agent-commands.js';
 import { CommandRouter } from './commands.js';
-import { ConfigStore, needsRestart, settingPaths } from './config-store.js';
+import { BrokerSettingsGuard, ConfigStore, needsRestart, settingPaths } from './config-store.js';
 import { HealthReporter, healthModel, selectionNotes } from './health.js';
 import { IngestControl } from './ingest-control.js';
 
@@ -70,6 +70,7 @@ export class AgentFleet {
   private modelKey = '';
   private modelTimer: NodeJS.Timeout | undefined;
   private quarantinedCache: { at: number; n: number } = { at: 0, n: 0 };
+  private guard: BrokerSettingsGuard | undefined;
 
   constructor(private readonly o: AgentFleetOptions) {
     const c = o.config;
@@ -132,6 +133,19 @@ export class AgentFleet {
     if (o.config.fleet.commands.enabled) this.commands.start(o.link);
     else o.log.info('fleet commands disabled (fleet.commands.enabled: false)');
     this.health.start();
+    if (o.source) {
+      const link = o.link;
+      this.guard = new BrokerSettingsGuard({
+        stateDir: o.config.stateDir,
+        overrides: o.source.loaded.overrides,
+        confirmConnectSec: o.config.fleet.confirmConnectSec,
+        connected: () => (link.connected ? Promise.resolve() : new Promise((resolve) => link.once('connected', () => resolve()))),
+        publishError: (report) => link.publishError({ deviceId: o.config.deviceId, ...report }),
+        restart: (reason) => o.restart(reason),
+        log: o.log,
+      });
+      this.guard.start();
+    }
     // Any model swap (reload, rollout, runtime fallback) changes what health shows: publish at once.
     this.modelKey = this.currentModelKey();
     this.modelTimer = setInterval(() => {
@@ -145,6 +159,7 @@ export class AgentFleet {
   }
 
   stop(): void {
+    this.guard?.stop();
     this.commands.stop();
     this.health.stop();
     if (this.modelTimer) clearInterval(this.modelTimer);

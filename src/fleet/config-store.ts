@@ -18,8 +18,16 @@
  *
  * Never settable remotely: `stateDir` (the overrides live there) and `mqtt.password` (secrets come from
  * files; an override file is not a secret store).
+ *
+ * Broker settings are guarded: a change to `mqtt.*` or `deviceId` could cut the agent off from the only
+ * channel that can undo it. Such a change leaves `<stateDir>/config-overrides.unconfirmed.json` holding
+ * the overrides the agent last connected with. The next start that runs with the new overrides must
+ * connect within `fleet.confirmConnectSec`; then the marker is deleted (confirmed). Otherwise the previous
+ * overrides are written back, the agent restarts (exit 75), and once connected it publishes a
+ * `config-reverted` error naming the settings (BrokerSettingsGuard).
  */
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { open, rename, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
@@ -251,6 +259,14 @@ export class ConfigStore {
       throw new CommandError(`set-config failed, nothing changed: ${(err as Error).message}`);
     }
     restartRequired = [...restartRequired, ...notLive];
+    const risky = restartRequired.filter(isBrokerSetting);
+    if (risky.length > 0) {
+      try {
+        await markUnconfirmed(this.opts.running.stateDir, this.opts.loaded.overrides, next, risky);
+      } catch (err) {
+        this.opts.log.error({ err }, 'could not write the broker-settings guard; the change is stored without it');
+      }
+    }
     this.overrides = next;
     this.stored = candidate.config;
     this.opts.log.info({ applied: live.filter((p) => !notLive.includes(p)), restartRequired, file: this.file }, 'config overrides changed (set-config)');
@@ -268,5 +284,109 @@ export class ConfigStore {
     } catch (err) {
       this.opts.log.error({ err, paths }, 'could not restore settings after a failed set-config');
     }
+  }
+}
+
+/** Settings that decide whether the agent can reach the broker (and so be told to undo a change). */
+export function isBrokerSetting(dotted: string): boolean {
+  return dotted === 'deviceId' || dotted.startsWith('mqtt.');
+}
+
+export const UNCONFIRMED_FILE = 'config-overrides.unconfirmed.json';
+export const REVERTED_FILE = 'config-overrides.reverted.json';
+
+interface Unconfirmed {
+  /** The overrides the agent last ran (and connected) with. */
+  previous: Record<string, unknown>;
+  /** The overrides that must prove they connect. */
+  next: Record<string, unknown>;
+  paths: string[];
+  at: string;
+}
+
+function readJson<T>(file: string): T | null {
+  try {
+    return JSON.parse(readFileSync(file, 'utf8')) as T;
+  } catch {
+    return null;
+  }
+}
+
+async function markUnconfirmed(stateDir: string, running: Record<string, unknown>, next: Record<string, unknown>, paths: string[]): Promise<void> {
+  const file = path.join(stateDir, UNCONFIRMED_FILE);
+  // Several changes before a restart: the fallback stays what the agent last connected with.
+  const earlier = readJson<Unconfirmed>(file);
+  const record: Unconfirmed = {
+    previous: earlier?.previous ?? running,
+    next,
+    paths: [...new Set([...(earlier?.paths ?? []), ...paths])],
+    at: new Date().toISOString(),
+  };
+  await writeFileAtomic(file, JSON.stringify(record, null, 2) + '\n');
+}
+
+export interface GuardHost {
+  stateDir: string;
+  /** The overrides this run started with. */
+  overrides: Record<string, unknown>;
+  confirmConnectSec: number;
+  /** Resolves on the next (or current) broker connection. */
+  connected(): Promise<void>;
+  publishError(report: Record<string, unknown>): void;
+  restart(reason: string): void;
+  log: Logger;
+}
+
+/** Confirms or reverts broker settings changed by set-config (see the header). */
+export class BrokerSettingsGuard {
+  private timer: NodeJS.Timeout | undefined;
+  private stopped = false;
+
+  constructor(private readonly h: GuardHost) {}
+
+  start(): void {
+    const file = path.join(this.h.stateDir, UNCONFIRMED_FILE);
+    const reverted = readJson<{ paths: string[]; at: string; reason: string }>(path.join(this.h.stateDir, REVERTED_FILE));
+    if (reverted) {
+      void this.h.connected().then(async () => {
+        if (this.stopped) return;
+        this.h.publishError({ code: 'config-reverted', message: reverted.reason, settings: reverted.paths, stage: 'config', createdAt: new Date().toISOString() });
+        await unlink(path.join(this.h.stateDir, REVERTED_FILE)).catch(() => undefined);
+      });
+    }
+    const pending = readJson<Unconfirmed>(file);
+    // Only a run that uses the new overrides can confirm them (not the run that stored them).
+    if (!pending || JSON.stringify(pending.next) !== JSON.stringify(this.h.overrides)) return;
+    this.h.log.warn({ settings: pending.paths, withinSec: this.h.confirmConnectSec }, 'broker settings changed by set-config: they must connect or they are reverted');
+    this.timer = setTimeout(() => void this.revert(pending), this.h.confirmConnectSec * 1000);
+    void this.h.connected().then(async () => {
+      if (this.stopped || this.timer === undefined) return;
+      clearTimeout(this.timer);
+      this.timer = undefined;
+      await unlink(file).catch(() => undefined);
+      this.h.log.info({ settings: pending.paths }, 'broker settings changed by set-config confirmed: connected');
+    });
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private async revert(pending: Unconfirmed): Promise<void> {
+    this.timer = undefined;
+    if (this.stopped) return;
+    const reason = `broker settings set remotely (${pending.paths.join(', ')}) did not connect within ${this.h.confirmConnectSec} s; reverted to the previous ones`;
+    this.h.log.error({ settings: pending.paths }, reason);
+    try {
+      await writeFileAtomic(path.join(this.h.stateDir, OVERRIDES_FILE), JSON.stringify(pending.previous, null, 2) + '\n');
+      await writeFileAtomic(path.join(this.h.stateDir, REVERTED_FILE), JSON.stringify({ paths: pending.paths, at: new Date().toISOString(), reason }) + '\n');
+      await unlink(path.join(this.h.stateDir, UNCONFIRMED_FILE)).catch(() => undefined);
+    } catch (err) {
+      this.h.log.error({ err }, 'could not revert the broker settings');
+      return;
+    }
+    this.h.restart(reason);
   }
 }

@@ -11,6 +11,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CommandResponse, HealthPayload } from '../../src/fleet/protocol.js';
 import { AgentProcess, agentDirs, type AgentDirs } from '../helpers/agent.js';
 import { mosquittoAvailable, skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
+import { freePort } from '../helpers/ports.js';
 import { until } from '../mqtt/util.js';
 
 if (process.env.CI === 'true' && !mosquittoAvailable) throw new Error('CI=true: mosquitto is a required peer');
@@ -29,6 +30,7 @@ class Central {
   readonly responses: { topic: string; r: CommandResponse }[] = [];
   readonly health = new Map<string, HealthPayload[]>();
   readonly results: { topic: string; r: Result }[] = [];
+  readonly errors: { topic: string; e: { code: string; message: string; settings?: string[] } }[] = [];
   private n = 0;
   private constructor(readonly client: MqttClient) {}
 
@@ -45,8 +47,9 @@ class Central {
         list.push(JSON.parse(text) as HealthPayload);
         c.health.set(levels[1]!, list);
       } else if (levels[2] === 'result') c.results.push({ topic, r: JSON.parse(text) as Result });
+      else if (levels[2] === 'error') c.errors.push({ topic, e: JSON.parse(text) as { code: string; message: string } });
     });
-    await client.subscribeAsync(['imaging/+/response/+', 'imaging/+/health', 'imaging/+/result'], { qos: 1 });
+    await client.subscribeAsync(['imaging/+/response/+', 'imaging/+/health', 'imaging/+/result', 'imaging/+/error'], { qos: 1 });
     return c;
   }
 
@@ -236,6 +239,35 @@ describe.skipIf(skipWithoutMosquitto)('fleet health and commands (real agent, re
     await until(() => central.results.some((x) => x.topic === 'imaging/fleet-b/result'), 30_000, 'result after resume');
     await central.waitHealth('fleet-b', (h) => !h.ingest.paused && h.counts.processed === 1, 'resumed');
     expect(existsSync(path.join(dirs.stateDir, 'ingest-paused.json'))).toBe(false);
+  });
+
+  it('broker settings set remotely that cannot connect are reverted: exit 75, back on the previous broker, config-reverted reported', async () => {
+    const dirs = agentDirs(config('fleet-r', broker.url, { fleet: { healthIntervalSec: 30, confirmConnectSec: 3 } }));
+    let agent = await startAgent(dirs);
+    const req = 'imaging/fleet-r/request';
+    const nowhere = `mqtt://127.0.0.1:${await freePort()}`;
+    const set = await central.request(`${req}/set-config`, { set: { mqtt: { url: nowhere, keepaliveSec: 20 } } });
+    expect(set.data).toMatchObject({ restartRequired: ['mqtt.url', 'mqtt.keepaliveSec'] });
+    expect(existsSync(path.join(dirs.stateDir, 'config-overrides.unconfirmed.json'))).toBe(true);
+    expect((await central.request(`${req}/restart`)).status).toBe('ok');
+    await agent.waitForExit();
+    expect(agent.exitCode).toBe(75);
+
+    // The next start uses the unreachable broker: it cannot be told anything, so it reverts by itself.
+    agent = await startAgent(dirs);
+    await agent.waitForExit();
+    expect(agent.exitCode).toBe(75);
+    expect(agent.logs.some((l) => /did not connect within 3 s; reverted/.test(l.msg))).toBe(true);
+    expect(JSON.parse(readFileSync(path.join(dirs.stateDir, 'config-overrides.json'), 'utf8'))).toEqual({});
+
+    // And the start after that is back on the real broker, says what happened, and is commandable.
+    agent = await startAgent(dirs);
+    await until(() => central.errors.some((x) => x.topic === 'imaging/fleet-r/error' && x.e.code === 'config-reverted'), 20_000, 'config-reverted error');
+    expect(central.errors.find((x) => x.e.code === 'config-reverted')!.e.settings).toEqual(['mqtt.url', 'mqtt.keepaliveSec']);
+    const cfg = (await central.request(`${req}/get-config`)).data as { config: { mqtt: { url: string } }; overrides: object };
+    expect(cfg.config.mqtt.url).toBe(broker.url);
+    expect(cfg.overrides).toEqual({});
+    expect(existsSync(path.join(dirs.stateDir, 'config-overrides.unconfirmed.json'))).toBe(false);
   });
 
   it('a group request is answered by every agent in the group, each on its own response topic', async () => {
