@@ -45,7 +45,10 @@ export class DecodePool {
   /** Files stopped by the time limit (diagnostics, tests). */
   timeouts = 0;
 
-  constructor(private readonly opts: DecodePoolOptions) {}
+  constructor(private readonly opts: DecodePoolOptions) {
+    // Started now, not at the first file: loading the decoders in a fresh thread takes ~0.3-0.8 s.
+    for (let i = 0; i < Math.max(1, opts.size); i++) this.idle.push(this.spawn());
+  }
 
   private spawn(): Worker {
     const w = new Worker(this.entry, { execArgv: [] });
@@ -75,6 +78,7 @@ export class DecodePool {
     void w.terminate();
     const next = this.waiting.shift();
     if (next) next(this.spawn());
+    else if (!this.closed) this.idle.push(this.spawn()); // keep one warm for the next file
   }
 
   async decode(bytes: Uint8Array, options: DecodeOptions): Promise<DecodedCapture> {
