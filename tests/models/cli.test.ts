@@ -128,13 +128,16 @@ describe('edge-agent model verify', () => {
     [
       'a golden mismatch (different weights, re-hashed, re-signed)',
       async (dir) => {
-        const f = path.join(dir, 'model.onnx');
-        const b = await readFile(f);
-        const mid = Math.floor(b.length / 2);
-        b.fill(0x3f, mid, mid + 65536);
-        await writeFile(f, b);
+        // every ONNX file (fp32 and int8): verify checks the one the agent would serve
         const m = await manifest(dir);
-        m.files[0]!.sha256 = createHash('sha256').update(b).digest('hex');
+        for (const entry of m.files.filter((e) => e.path.endsWith('.onnx'))) {
+          const f = path.join(dir, entry.path);
+          const b = await readFile(f);
+          const mid = Math.floor(b.length / 2);
+          b.fill(0x3f, mid, mid + 65536);
+          await writeFile(f, b);
+          entry.sha256 = createHash('sha256').update(b).digest('hex');
+        }
         await writeSigned(dir, m);
       },
       /golden: golden-mismatch: golden '[^']+': max abs diff \S+ > tolerance/,

@@ -56,14 +56,16 @@ async function resign(dir: string, m: unknown): Promise<void> {
  * only the golden check can catch it.
  */
 async function perturbWeights(dir: string): Promise<void> {
-  const file = path.join(dir, 'model.onnx');
-  const bytes = await readFile(file);
-  const mid = Math.floor(bytes.length / 2);
-  bytes.fill(0x3f, mid, mid + 65536);
-  await writeFile(file, bytes);
   const m = await readManifest(dir);
-  const entry = m.files.find((f) => f.path === 'model.onnx')!;
-  entry.sha256 = createHash('sha256').update(bytes).digest('hex');
+  // every ONNX file (fp32 model.onnx and int8 model_int8.onnx), whichever the agent picks to serve
+  for (const entry of m.files.filter((f) => f.format === 'onnx')) {
+    const file = path.join(dir, entry.path);
+    const bytes = await readFile(file);
+    const mid = Math.floor(bytes.length / 2);
+    bytes.fill(0x3f, mid, mid + 65536);
+    await writeFile(file, bytes);
+    entry.sha256 = createHash('sha256').update(bytes).digest('hex');
+  }
   await resign(dir, m);
 }
 
@@ -220,6 +222,8 @@ describe('every bad bundle is refused with a clear error', () => {
   it('golden mismatch: a golden reference output altered in a validly signed manifest', async () => {
     const dir = await copyBundle();
     const m = await readManifest(dir);
+    // fp32 only: an int8 file is held to the same logits within its own, wider goldenTolerance
+    m.files = m.files.filter((f) => !(f.format === 'onnx' && f.precision === 'int8'));
     m.golden[1]!.logits[0] = (m.golden[1]!.logits[0] as number) + 0.5;
     await resign(dir, m);
     const e = await refused(dir);
