@@ -305,10 +305,12 @@ export class Agent {
   private async startRollout(link: MqttLink, fleet: AgentFleet, store: ModelStore): Promise<RolloutManager> {
     const c = this.config;
     const log = this.logger.component('rollout');
-    const publishState = (topic: string, state: unknown): Promise<void> =>
-      link.publish(topic, JSON.stringify(state), { retain: true }).catch((err: unknown) => {
+    const publishState = (topic: string, state: unknown): Promise<void> => {
+      fleet.health.changed('rollout step'); // health goes out with every model/state step
+      return link.publish(topic, JSON.stringify(state), { retain: true }).catch((err: unknown) => {
         log.debug({ err: (err as Error).message }, 'model/state not published now; it is sent again on connect');
       });
+    };
     const rollout = new RolloutManager(
       {
         deviceId: c.deviceId,
