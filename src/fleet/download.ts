@@ -235,7 +235,8 @@ async function receive(res: IncomingMessage, o: DownloadOptions, part: string, f
         if (failed) return;
         failed = true;
         res.destroy();
-        reject(e);
+        // writes already queued land first: the partial file is final when the attempt ends
+        void writing.finally(() => reject(e));
       };
       res.setTimeout(o.timeoutMs, () => fail(new DownloadError('timeout', `no data for ${o.timeoutMs} ms at byte ${pos}`, true)));
       res.on('data', (chunk: Buffer) => {

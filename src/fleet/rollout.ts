@@ -142,7 +142,14 @@ export function desiredKey(d: DesiredModel): string {
 
 /** Persisted in the store's rollout.json. */
 interface RolloutRecord {
-  current: { desired: DesiredModel; phase: ModelPhase; restarts: number; startedAt: string } | null;
+  current: {
+    desired: DesiredModel;
+    phase: ModelPhase;
+    restarts: number;
+    startedAt: string;
+    /** The store's pointers before activation: an automatic rollback restores them. */
+    before?: { active: ModelRef | null; previous: ModelRef | null };
+  } | null;
   /** Terminal outcome of the last document handled (not restarted when the same document comes again). */
   last: { key: string; state: ModelState } | null;
 }
@@ -382,9 +389,10 @@ export class RolloutManager {
       if (!installed) {
         await this.step(doc, 'downloading', resumed ? 'resuming after a restart' : null);
         this.lastProgressPct = -1;
+        let downloading: Promise<unknown> = Promise.resolve();
         try {
           const r = await race(
-            downloadBundle({
+            (downloading = downloadBundle({
               url: doc.url,
               dest: this.store.downloadPath(doc.sha256),
               sha256: doc.sha256,
@@ -394,11 +402,13 @@ export class RolloutManager {
               ...(this.opts.download.ca ? { ca: this.opts.download.ca } : {}),
               signal: abort.signal,
               onProgress: (bytes, total) => this.progress(doc, bytes, total),
-            }),
+            })),
           );
           tar = r.file;
           this.log.info({ bytes: r.bytes, resumedFrom: r.resumedFrom, requests: r.requests }, 'model bundle downloaded and its sha256 verified');
         } catch (e) {
+          // interrupted: let the aborted transfer finish writing its partial file before going on
+          await downloading.catch(() => undefined);
           if (e instanceof DownloadError) throw new RolloutFailure('downloading', e.code, e.message);
           throw e;
         }
@@ -422,7 +432,13 @@ export class RolloutManager {
       phase = 'golden';
       await this.step(doc, 'golden', null);
       try {
-        candidate = await race(this.host.load(dir));
+        const loading = this.host.load(dir);
+        // interrupted while loading: the candidate still arrives later and must be freed
+        loading.catch(() => undefined);
+        candidate = await race(loading).catch((e: unknown) => {
+          void loading.then((c) => c.dispose()).catch(() => undefined);
+          throw e;
+        });
       } catch (e) {
         if (e instanceof Superseded) throw e;
         throw new RolloutFailure('golden', e instanceof BundleError ? e.code : 'load-failed', (e as Error).message);
@@ -475,6 +491,7 @@ export class RolloutManager {
 
     // 5. activate: pointer first (a crash from here on restarts on the new version), then the pipeline
     this.working.activated = true;
+    if (this.record.current) this.record.current.before = { active: this.store.active, previous: this.store.previous };
     await this.step(doc, 'activating', null);
     const from = this.host.serving();
     await this.store.setActive(target);
@@ -535,8 +552,11 @@ export class RolloutManager {
     this.working = null;
     const failed: ModelRef = { id: doc.id, version: doc.version };
     const prev = this.store.previous && !sameRef(this.store.previous, failed) ? this.store.previous : null;
+    // the pointers as they were before the activation (the misbehaving version is not a rollback target)
+    const before = this.record.current?.before?.previous ?? null;
+    const previousAfter = before && !sameRef(before, failed) && !sameRef(before, prev) ? before : null;
     this.log.error({ rolloutId: doc.rolloutId, phase, code, reason: why, to: prev ? refString(prev) : 'shipped model' }, 'rolling back the new model version');
-    const outcome = await this.switchTo(prev, { reason: `rollback of rollout ${doc.rolloutId}: ${why}`, actor: 'agent' }, failed);
+    const outcome = await this.switchTo(prev, { reason: `rollback of rollout ${doc.rolloutId}: ${why}`, actor: 'agent' }, previousAfter);
     if (!outcome.ok) {
       await this.finish(doc, {
         ...this.baseState('failed', doc),
@@ -546,6 +566,7 @@ export class RolloutManager {
       });
       return;
     }
+    await this.store.remove(failed).catch((e: unknown) => this.log.warn({ err: e }, 'could not remove the rolled-back version'));
     const serving = this.servingRef();
     await this.finish(doc, {
       ...this.baseState('rolled-back', doc),
@@ -556,8 +577,11 @@ export class RolloutManager {
     });
   }
 
-  /** Loads and serves an installed version (null: the shipped bundle); the store pointer follows. */
-  private async switchTo(ref: ModelRef | null, cause: { reason: string; actor: string }, leaving: ModelRef | null): Promise<{ ok: true } | { ok: false; error: string }> {
+  /**
+   * Loads and serves an installed version (null: the shipped bundle); the store's active pointer follows,
+   * and `previousAfter` becomes the previous one (the rollback target).
+   */
+  private async switchTo(ref: ModelRef | null, cause: { reason: string; actor: string }, previousAfter: ModelRef | null): Promise<{ ok: true } | { ok: false; error: string }> {
     const dir = ref ? this.store.dirOf(ref) : this.opts.shippedBundle;
     let next: Classifier;
     try {
@@ -566,7 +590,7 @@ export class RolloutManager {
     } catch (e) {
       return { ok: false, error: (e as Error).message };
     }
-    await this.store.setActive(ref, leaving && this.store.has(leaving) ? leaving : null);
+    await this.store.setActive(ref, previousAfter && this.store.has(previousAfter) && !sameRef(previousAfter, ref) ? previousAfter : null);
     await this.host.swap(next, cause);
     return { ok: true };
   }
@@ -780,6 +804,7 @@ export class RolloutManager {
   async stop(): Promise<void> {
     this.stopped = true;
     this.working?.interrupt(new Superseded('agent stopping'));
+    this.openGate(); // stopped before start(): queued work returns at once
     await this.queue;
   }
 

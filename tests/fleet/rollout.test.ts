@@ -300,6 +300,9 @@ describe('model rollout (desired state)', () => {
     expect(host.last().reason).toMatch(/error rate 0\.667 \(2 of 3 images\) after activation is above maxErrorRate 0\.25/);
     expect(host.current.info.version).toBe('2.0.0');
     expect(store.active).toEqual({ id: 'orientation-qa', version: '2.0.0' });
+    // the pointers are as before the activation, and the misbehaving version is gone
+    expect(store.previous).toBeNull();
+    expect(store.list().map((m) => m.version)).toEqual(['2.0.0']);
   });
 
   it('commands: models lists versions; rollback returns to the previous one; activate serves an installed one', async () => {
