@@ -21,7 +21,7 @@ import { generateSigningKeyPair, parsePublicKey, readSignatureFile, verifyManife
 import type { ModelInputSpec } from '../../src/models/types.js';
 import { OnnxRuntime } from '../../src/runtimes/onnx.js';
 import { collectRanges, CALIBRATION_METHODS, type CalibrationInput } from '../../quantize/calibrate.js';
-import { loadFrames, rot90, toInput } from '../../quantize/dataset.js';
+import { loadEvalSet, loadFrames, rot90, toInput } from '../../quantize/dataset.js';
 import { decodeModel, encodeModel } from '../../quantize/onnx.js';
 import { planStatic, quantizeDynamic, quantizeStatic } from '../../quantize/qdq.js';
 import { createProgress } from '../../quantize/progress.js';
@@ -324,6 +324,35 @@ describe('a signed input bundle', () => {
     // signed by a key the tool was not told to trust
     const other = await freshBundle('untrusted');
     await expect(quantizeBundle(options(other, { trustedKeys: [] }))).rejects.toThrow(/not trusted.*--trusted-key/);
+  });
+});
+
+describe('evaluation layouts', () => {
+  it('one subfolder per label gives the same cases as rotating upright images by construction', async () => {
+    const manifest = (await loadBundle(SHIPPED)).manifest;
+    const labelled = path.join(work, 'eval-folders');
+    const src = path.join(FIX, 'models', 'colin27-axial.png');
+    // numpy.rot90(img, k) turns k quarter turns counter-clockwise; sharp's rotate(angle) turns clockwise
+    for (const [k, label] of manifest.labels.entries()) {
+      await mkdir(path.join(labelled, label), { recursive: true });
+      await sharp(src).rotate((360 - 90 * k) % 360).toColourspace('grey16').png().toFile(path.join(labelled, label, 'colin27-axial.png'));
+    }
+    const upright = path.join(work, 'eval-upright');
+    await copyFiles(['models/colin27-axial.png'], upright);
+    const folders = await loadEvalSet(labelled, manifest, 'auto');
+    const rotated = await loadEvalSet(upright, manifest, 'auto');
+    expect(folders.layout).toBe('folders');
+    expect(rotated.layout).toBe('rotate');
+    expect(folders.cases.map((c) => c.label).sort()).toEqual([0, 1, 2, 3]);
+    for (const c of folders.cases) {
+      const twin = rotated.cases.find((r) => r.label === c.label);
+      expect(twin).toBeDefined();
+      let max = 0;
+      for (let i = 0; i < c.input.data.length; i++) max = Math.max(max, Math.abs((c.input.data[i] as number) - (twin?.input.data[i] as number)));
+      expect(max).toBeLessThan(1e-4);
+    }
+    await mkdir(path.join(labelled, 'sideways'));
+    await expect(loadEvalSet(labelled, manifest, 'folders')).rejects.toThrow(/subfolder\(s\) 'sideways' are not labels of the model \(rot0, rot90, rot180, rot270\)/);
   });
 });
 
