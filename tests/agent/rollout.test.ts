@@ -188,6 +188,7 @@ describe.skipIf(skipWithoutMosquitto)('model rollout on a running agent (real mo
     await agent.waitForLog(/^model rollout: activating$/, 90_000);
     agent.proc.kill('SIGKILL');
     await agent.waitForExit();
+    const before = h.states().length;
 
     const restarted = await AgentProcess.start(h.dirs);
     cleanup.push(() => restarted.kill());
@@ -196,7 +197,9 @@ describe.skipIf(skipWithoutMosquitto)('model rollout on a running agent (real mo
     expect([shipped, '5.0.0']).toContain(loaded.version);
     const first = await h.classifyOne(h.dirs);
     expect([shipped, '5.0.0']).toContain(first.model.version);
-    // and model/state says what serves; the rollout then ends active on the new version
+    // model/state says what serves; the rollout then ends active on the new version
+    await until(() => h.states().length > before, 60_000, 'a model/state after the restart');
+    expect(h.states()[before]!.serving?.version).toBe(loaded.version);
     const end = await h.waitState(doc.rolloutId, ['active', 'rolled-back', 'failed']);
     expect(end).toMatchObject({ phase: 'active', serving: { version: '5.0.0' } });
     expect((await h.classifyOne(h.dirs)).model.version).toBe('5.0.0');
