@@ -5,6 +5,7 @@
  *   edge-central bundle upload FILE.tar|DIR | bundle list
  *   edge-central rollout create --bundle ID@VERSION --group G [--canary 0.1] [--max-failures N] [--wait]
  *   edge-central rollout status [ID] | rollout halt ID
+ *   edge-central command CMD --device ID | --group G [--data JSON]
  * Client commands talk to a running server's HTTP API: --server URL (env EDGE_CENTRAL_URL, default
  * http://127.0.0.1:8787) with the token from --token-file (env EDGE_CENTRAL_TOKEN_FILE).
  * Exit codes: 0 ok, 1 refused / failed / rolled back, 2 usage.
@@ -263,6 +264,32 @@ withClient(rollout.command('status [id]').description('one rollout with its devi
 withClient(rollout.command('halt <id>').description('stop a rollout and revert the devices it reached')).action(async (id: string, o: ClientOpts) => {
   const v = (await ok(call(client(o), 'POST', `/api/rollouts/${encodeURIComponent(id)}/halt`))) as unknown as RolloutView;
   process.stdout.write(`${progressLine(v)}\n`);
+});
+
+withClient(
+  program
+    .command('command <cmd>')
+    .description('send a fleet command (ping, get-config, set-config, pause, resume, ...) to one agent or a group and print the responses')
+    .option('--device <id>', 'one agent')
+    .option('--group <group>', 'every agent in a group (responses collected until all members answered or the timeout)')
+    .option('--data <json>', 'command arguments (JSON)')
+    .option('--timeout <ms>', 'how long to wait for responses', '5000'),
+).action(async (cmd: string, o: ClientOpts & { device?: string; group?: string; data?: string; timeout: string }) => {
+  if (!o.device === !o.group) fail('give exactly one of --device ID or --group G', 2);
+  let data: unknown;
+  if (o.data !== undefined) {
+    try {
+      data = JSON.parse(o.data);
+    } catch (e) {
+      fail(`--data: not JSON (${(e as Error).message})`, 2);
+    }
+  }
+  const p = o.device ? `/api/agents/${encodeURIComponent(o.device)}/commands/${encodeURIComponent(cmd)}` : `/api/groups/${encodeURIComponent(o.group!)}/commands/${encodeURIComponent(cmd)}`;
+  const r = await ok(call(client(o), 'POST', p, { json: { data, timeoutMs: Number(o.timeout) } }));
+  process.stdout.write(`${JSON.stringify(r, null, 2)}\n`);
+  const responses = r.responses as { status: string }[];
+  const missing = r.missing as string[];
+  process.exit(responses.every((x) => x.status === 'ok') && missing.length === 0 ? 0 : 1);
 });
 
 await program.parseAsync(process.argv);

@@ -6,12 +6,13 @@
  * Subscriptions:
  *   plain      <base>/+/state  <base>/+/health  <base>/+/model/state  <base>/+/desired/model
  *              <base>/group/+/desired/model
- *   streams    <base>/+/result  <base>/+/error  <base>/+/response/+
+ *   streams    <base>/+/result  <base>/+/error (shareable)  <base>/+/response/+ (always plain)
  * Retained messages are delivered to plain subscriptions only; MQTT 5 shared subscriptions
  * (`$share/<name>/<filter>`) never deliver retained messages and give each message to ONE member of the
  * share group. So retained topics are always plain subscriptions (every central instance must see every
- * agent's state), and with `shareGroup` set the non-retained streams go through `$share/<shareGroup>/...`
- * so N central instances split the result/error load instead of each processing all of it.
+ * agent's state), and with `shareGroup` set results and errors go through `$share/<shareGroup>/...` so N
+ * central instances split that load instead of each processing all of it. Command responses stay plain:
+ * the instance that sent a request must see its answer.
  *
  * Anything malformed on the wire (not JSON, wrong shape, oversized) is counted and ignored; nothing an
  * agent sends can throw out of here.
@@ -121,7 +122,8 @@ export class FleetView extends EventEmitter<{ change: [FleetEvent]; response: [s
     const share = (f: string): string => (this.opts.shareGroup ? `$share/${this.opts.shareGroup}/${f}` : f);
     return {
       retained: [this.topics.all.state, this.topics.all.health, this.topics.all.modelState, `${this.base}/+/desired/model`, this.topics.groupDesiredModel('+')],
-      streams: [`${this.base}/+/result`, this.topics.all.errors, this.topics.all.responses].map(share),
+      // responses stay plain: the instance that sent a command must see the answer (src/central/commands.ts)
+      streams: [...[`${this.base}/+/result`, this.topics.all.errors].map(share), this.topics.all.responses],
     };
   }
 

@@ -10,6 +10,8 @@
  *   GET  /api/fleet                                counts (online, groups, versions)
  *   GET  /api/agents?group=&version=&online=       fleet table rows
  *   GET  /api/agents/:id                           one agent: health, model state, desired, recent results/errors
+ *   POST /api/agents/:id/commands/:cmd             fleet command to one agent, waits for its response
+ *   POST /api/groups/:group/commands/:cmd          fleet command to a group, collects the members' responses
  *   GET  /api/events                               Server-Sent Events: `agents` (changed rows), `rollout` (progress)
  *   GET  /api/bundles                              registry listing (sha256, size, signer)
  *   POST /api/bundles                              upload a signed bundle .tar (body); 201 / 200 (same bytes again)
@@ -27,6 +29,7 @@ import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { shippedPath } from '../config/load.js';
 import { loadTrustedKeys } from '../models/signature.js';
 import { Auth, readTokenFile } from './auth.js';
+import { CommandClient, CommandRequestError } from './commands.js';
 import { openCentralDb, type CentralDb } from './db.js';
 import { FleetView, type AgentFilter } from './fleet.js';
 import { Registry, RegistryError } from './registry.js';
@@ -210,6 +213,7 @@ export async function startCentral(opts: CentralOptions): Promise<CentralServer>
   });
   const port = (server.address() as AddressInfo).port;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  const commands = new CommandClient(client, fleet, opts.baseTopic);
   const rollouts = new RolloutController({ db, fleet, registry, client, baseTopic: opts.baseTopic, publicUrl: opts.publicUrl ?? url, tickMs: opts.tickMs, log });
 
   // --- console push (SSE): changed rows, at most one batch per pushIntervalMs. Leading edge: a change
@@ -363,6 +367,16 @@ export async function startCentral(opts: CentralOptions): Promise<CentralServer>
     if (what === 'fleet' && method === 'GET' && !a) {
       return send(res, 200, { ...fleet.counts(), malformedMessages: fleet.malformed, mqttConnected: client.connected });
     }
+    if ((what === 'agents' || what === 'groups') && a && b === 'commands' && c && method === 'POST') {
+      const body = await readJson(req);
+      const target = what === 'agents' ? { device: a } : { group: a };
+      log(`command ${c} to ${what === 'agents' ? 'device' : 'group'} ${a} (${who})`);
+      const out = await commands.send(target, c, body.data, num(body.timeoutMs, 'timeoutMs'));
+      if (what === 'agents' && out.responses.length === 0) {
+        throw new HttpError(504, `no response from '${a}' to '${c}' within the timeout (agent offline or not subscribed?)`, { transaction: out.transaction });
+      }
+      return send(res, 200, out);
+    }
     if (what === 'agents' && method === 'GET') {
       if (!a) {
         const filter: AgentFilter = {};
@@ -446,6 +460,9 @@ export async function startCentral(opts: CentralOptions): Promise<CentralServer>
       } else if (e instanceof RegistryError) {
         status = e.status;
         body = { error: e.message, code: e.code, problems: e.problems };
+      } else if (e instanceof CommandRequestError) {
+        status = e.status;
+        body = { error: e.message };
       } else if (e instanceof RolloutError) {
         status = e.status;
         body = { error: e.message };

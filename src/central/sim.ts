@@ -81,7 +81,12 @@ export class SimAgent {
     this.client = client;
     client.on('message', (topic, payload) => this.onMessage(topic, payload));
     client.on('error', () => undefined);
-    const subs = [this.topics.desiredModel(this.deviceId), ...this.opts.groups.map((g) => this.topics.groupDesiredModel(g)), `${this.topics.request(this.deviceId, '+')}`];
+    const subs = [
+      this.topics.desiredModel(this.deviceId),
+      ...this.opts.groups.map((g) => this.topics.groupDesiredModel(g)),
+      this.topics.request(this.deviceId, '+'),
+      ...this.opts.groups.map((g) => this.topics.groupRequest(g, '+')),
+    ];
     await client.subscribeAsync(Object.fromEntries(subs.map((s) => [s, { qos: 1 as const }])));
     await this.setOnline(true);
     await this.publishHealth();

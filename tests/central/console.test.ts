@@ -85,6 +85,9 @@ describe.skipIf(skipWithoutMosquitto || !haveChromium)('central web console (Chr
     await waitText(page, '[data-testid=detail-results] tbody', 'includes', 'rot180');
     expect(await page.textContent('[data-testid=detail-errors] tbody')).toContain('capture-2.dcm: not a DICOM file');
     expect(await page.textContent('[data-device="ct-0001"]')).toContain('decode-failed');
+    // a command from the detail panel goes to the agent and shows its answer
+    await page.click('[data-testid=detail-commands] [data-cmd=ping]');
+    await waitText(page, '[data-testid=command-output]', 'includes', '"pong": true');
   });
 
   it('starts a rollout from the form and shows it complete, with every agent on the new version', async () => {

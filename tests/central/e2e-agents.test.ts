@@ -145,4 +145,19 @@ describe.skipIf(skipWithoutMosquitto)('central + two real agents: rollout and au
     const rows = (await api<{ agents: AgentSummary[] }>('/api/agents?group=ct-room&version=2.0.0')).agents;
     expect(rows).toHaveLength(2);
   }, 240_000);
+
+  it('edge-central command reaches both real agents through their group and prints their answers', async () => {
+    const r = await cli(['command', 'ping', '--group', 'ct-room', '--timeout', '20000'], env);
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    const out = JSON.parse(r.stdout) as { responses: { deviceId: string; status: string; data: { pong: boolean; model: { version: string } } }[]; missing: string[] };
+    expect(out.missing).toEqual([]);
+    expect(out.responses.map((x) => [x.deviceId, x.status, x.data.pong, x.data.model.version])).toEqual([
+      ['e2e-0', 'ok', true, '2.0.0'],
+      ['e2e-1', 'ok', true, '2.0.0'],
+    ]);
+    // a refused command: the agent validates the payload and says why; exit 1
+    const bad = await cli(['command', 'pause', '--device', 'e2e-1', '--data', '{"reason": 42}'], env);
+    expect(bad.code).toBe(1);
+    expect((JSON.parse(bad.stdout) as { responses: { status: string }[] }).responses[0]?.status).toBe('error');
+  }, 120_000);
 });

@@ -6,6 +6,7 @@
  */
 import mqtt from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { CommandOutcome } from '../../src/central/commands.js';
 import type { AgentSummary, AgentView } from '../../src/central/fleet.js';
 import { SimAgent, startSimFleet, stopSimFleet } from '../../src/central/sim.js';
 import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
@@ -102,6 +103,32 @@ describe.skipIf(skipWithoutMosquitto)('central fleet view', () => {
     expect((await agents(central)).find((a) => a.deviceId === 'ct-0003')).toMatchObject({ online: true, version: '1.1.0' });
   });
 
+  it('sends fleet commands to an agent or a group and returns their responses', async () => {
+    const post = (p: string, body: unknown, auth = true): Promise<Response> =>
+      auth
+        ? central.api(p, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } })
+        : fetch(central.url + p, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json' } });
+    const one = await post('/api/agents/ct-0003/commands/ping', {});
+    expect(one.status).toBe(200);
+    const o = (await one.json()) as CommandOutcome;
+    expect(o.responses).toEqual([expect.objectContaining({ status: 'ok', deviceId: 'ct-0003', data: { pong: true } })]);
+    expect(o.missing).toEqual([]);
+    // a group: every member the fleet view knows answers (ward-b: ct-0004, ct-0005, mr-1)
+    const group = (await (await post('/api/groups/ward-b/commands/ping', { timeoutMs: 10_000 })).json()) as CommandOutcome;
+    expect(group.responses.map((r) => r.deviceId)).toEqual(['ct-0004', 'ct-0005', 'mr-1']);
+    expect(group.missing).toEqual([]);
+    // the agent's own refusal comes back as an error response
+    const refused = (await (await post('/api/agents/ct-0003/commands/reprocess', { data: { hash: 'x' } })).json()) as CommandOutcome;
+    expect(refused.responses[0]).toMatchObject({ status: 'error', error: "unknown command 'reprocess'" });
+    // an unknown command is refused before anything is sent; a stopped agent times out
+    const unknown = await post('/api/agents/ct-0003/commands/format-disk', {});
+    expect(unknown.status).toBe(400);
+    expect(((await unknown.json()) as { error: string }).error).toMatch(/unknown command 'format-disk'/);
+    const gone = await post('/api/agents/ct-0000/commands/ping', { timeoutMs: 300 });
+    expect(gone.status).toBe(504);
+    expect((await post('/api/agents/ct-0003/commands/ping', {}, false)).status).toBe(401);
+  });
+
   it('two central instances: both see all retained state, the result stream is shared (each result once)', async () => {
     const c1 = await startTestCentral(broker.url, { shareGroup: 'central' });
     const c2 = await startTestCentral(broker.url, { shareGroup: 'central' });
@@ -116,6 +143,11 @@ describe.skipIf(skipWithoutMosquitto)('central fleet view', () => {
       expect(counts[0]! + counts[1]!).toBe(20);
       // the non-shared instance (plain subscription) sees every one of them
       expect((await agents(central)).find((r) => r.deviceId === 'ct-0003')?.resultCount).toBe(20);
+      // command responses are never shared: each instance gets the answer to its own request
+      for (const c of [c1, c2]) {
+        const r = await c.api('/api/agents/ct-0003/commands/ping', { method: 'POST', body: '{}', headers: { 'content-type': 'application/json' } });
+        expect(r.status).toBe(200);
+      }
     } finally {
       await c1.close();
       await c2.close();

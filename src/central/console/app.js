@@ -138,9 +138,29 @@ async function showAgent(id) {
   $('#d-errors tbody').replaceChildren(...a.errors.map((e) => el('tr', {}, el('td', {}, fmtTime(e.at)), el('td', {}, e.code), el('td', {}, e.message))));
 }
 
+for (const btn of document.querySelectorAll('#detail [data-cmd]')) {
+  btn.addEventListener('click', async () => {
+    const out = $('#d-command');
+    out.hidden = false;
+    out.textContent = `${btn.dataset.cmd}…`;
+    try {
+      const r = await api(`/api/agents/${encodeURIComponent(state.selected)}/commands/${btn.dataset.cmd}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({}),
+      });
+      const resp = r.responses[0];
+      out.textContent = resp.status === 'ok' ? JSON.stringify(resp.data, null, 2) : `error: ${resp.error}`;
+    } catch (e) {
+      out.textContent = e.message;
+    }
+  });
+}
+
 $('#d-close').addEventListener('click', () => {
   state.selected = null;
   $('#detail').hidden = true;
+  $('#d-command').hidden = true;
 });
 
 // ---------- rollouts ----------
