@@ -45,6 +45,7 @@ import mqtt from 'mqtt';
 import type { IClientOptions, IConnackPacket, IDisconnectPacket, MqttClient } from 'mqtt';
 import type { Logger } from 'pino';
 import type { IPublishPacket } from 'mqtt';
+import { tapPublishes } from './publish-tap.js';
 import { assertPublishTopic, deviceTopics, publishTopicProblem, type DeviceTopics } from './topics.js';
 import type { OutboxRow, OutboxSource, StatePayload } from './types.js';
 
@@ -374,6 +375,7 @@ export class MqttLink extends EventEmitter<MqttLinkEvents> {
     }
     this.log.info({ clientId: this.clientId, protocolVersion: options.protocolVersion }, 'connecting to MQTT broker');
     const client = mqtt.connect(o.url, options);
+    tapPublishes(client, will); // TEST-ONLY: inert unless EDGE_AGENT_TEST_PUBLISH_TAP is set (publish-tap.ts)
     this.client = client;
     client.on('connect', (packet) => this.onConnect(client, packet));
     client.on('close', () => this.onClose(client));
