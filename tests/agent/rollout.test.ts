@@ -73,26 +73,28 @@ describe.skipIf(skipWithoutMosquitto)('model rollout on a running agent (real mo
     return { rolloutId: `ro-${name}-${++n}`, id: 'orientation-qa', version: b.version, url: b.url, sha256: b.sha256, size: b.size, issuedAt: new Date().toISOString(), ...over };
   }
 
-  async function harness(deviceId: string) {
+  async function harness(deviceId: string, groups: string[] = []) {
     const dirs = agentDirs({
       deviceId,
       mqtt: { url: broker.url },
       model: { trustedKeys: [DEV_PUBLIC] },
-      fleet: { download: { timeoutMs: 120_000 } },
+      fleet: { groups, download: { timeoutMs: 120_000 } },
     });
     cleanup.push(() => rm(dirs.root, { recursive: true, force: true }));
     const central = await Subscriber.connect(broker.url, `imaging/${deviceId}/#`);
     cleanup.push(async () => {
       // clear the retained documents this test left on the broker
       await central.client.publishAsync(`imaging/${deviceId}/desired/model`, '', { qos: 1, retain: true });
+      for (const g of groups) await central.client.publishAsync(`imaging/group/${g}/desired/model`, '', { qos: 1, retain: true });
       await central.client.publishAsync(`imaging/${deviceId}/model/state`, '', { qos: 1, retain: true });
       await central.close();
     });
     const states = (): ModelState[] =>
       central.on(`imaging/${deviceId}/model/state`).filter((m) => m.payload !== '').map((m) => JSON.parse(m.payload) as ModelState);
     const results = (): Result[] => central.on(`imaging/${deviceId}/result`).map((m) => JSON.parse(m.payload) as Result);
-    const publish = (doc: DesiredModel): Promise<unknown> =>
-      central.client.publishAsync(`imaging/${deviceId}/desired/model`, JSON.stringify(doc), { qos: 1, retain: true });
+    /** Retains a desired document for this device, or for one of its groups. */
+    const publish = (doc: DesiredModel, group?: string): Promise<unknown> =>
+      central.client.publishAsync(group ? `imaging/group/${group}/desired/model` : `imaging/${deviceId}/desired/model`, JSON.stringify(doc), { qos: 1, retain: true });
     const waitState = async (rolloutId: string, phases: string[], timeout = 90_000): Promise<ModelState> => {
       await until(() => states().some((s) => s.rolloutId === rolloutId && phases.includes(s.phase)), timeout, `model/state ${phases.join('|')} for ${rolloutId}`);
       return states().filter((s) => s.rolloutId === rolloutId && phases.includes(s.phase)).at(-1)!;
@@ -180,11 +182,12 @@ describe.skipIf(skipWithoutMosquitto)('model rollout on a running agent (real mo
   }, 300_000);
 
   it('killed (SIGKILL) during activation, the agent restarts serving a whole model, says which, and converges', async () => {
-    const h = await harness('dev-kill');
+    // the document goes to the agent's group this time (fleet.groups)
+    const h = await harness('dev-kill', ['ward-kill']);
     const agent = await AgentProcess.start(h.dirs);
     cleanup.push(() => agent.kill());
     const doc = desired('next');
-    await h.publish(doc);
+    await h.publish(doc, 'ward-kill');
     await agent.waitForLog(/^model rollout: activating$/, 90_000);
     agent.proc.kill('SIGKILL');
     await agent.waitForExit();
