@@ -13,6 +13,44 @@ const windowSpec = {
   properties: { center: { type: 'number' }, width: { type: 'number', exclusiveMinimum: 0 } },
 } as const;
 
+/** files[].provenance written by edge-quantize (quantize/run.ts); extra keys allowed. */
+const quantizeProvenance = {
+  type: 'object',
+  required: ['quantizedFrom', 'mode', 'evaluation', 'speedup', 'machine', 'gate'],
+  properties: {
+    quantizedFrom: {
+      type: 'object',
+      required: ['path', 'sha256'],
+      properties: { path: { type: 'string', minLength: 1 }, sha256: { type: 'string', pattern: '^[0-9a-f]{64}$' } },
+    },
+    mode: { enum: ['static', 'dynamic'] },
+    method: { enum: ['minmax', 'percentile', 'entropy', null] },
+    calibration: {
+      type: ['object', 'null'],
+      required: ['files', 'inputs', 'sha256'],
+      properties: { files: { type: 'integer', minimum: 0 }, inputs: { type: 'integer', minimum: 1 }, sha256: { type: 'string', pattern: '^[0-9a-f]{64}$' } },
+    },
+    evaluation: {
+      type: 'object',
+      required: ['cases', 'fp32Accuracy', 'int8Accuracy', 'accuracyDeltaPoints', 'labelAgreement'],
+      properties: {
+        cases: { type: 'integer', minimum: 1 },
+        fp32Accuracy: { type: 'number', minimum: 0, maximum: 1 },
+        int8Accuracy: { type: 'number', minimum: 0, maximum: 1 },
+        accuracyDeltaPoints: { type: 'number' },
+        labelAgreement: { type: 'number', minimum: 0, maximum: 1 },
+      },
+    },
+    speedup: { type: 'number', exclusiveMinimum: 0 },
+    machine: { type: 'object' },
+    gate: {
+      type: 'object',
+      required: ['passed', 'failures', 'forced'],
+      properties: { passed: { type: 'boolean' }, failures: { type: 'array', items: { type: 'string' } }, forced: { type: 'boolean' } },
+    },
+  },
+} as const;
+
 export const manifestSchema = {
   $id: 'https://imaging-edge-agent/schemas/manifest.json',
   type: 'object',
@@ -80,6 +118,10 @@ export const manifestSchema = {
           goldenTolerance: { type: 'number', exclusiveMinimum: 0 },
           provenance: { type: 'object' },
         },
+        // A file made by edge-quantize (quantize/) carries the figures that justify it: how it was
+        // calibrated, accuracy against its fp32 source, speedup, machine, and the gate's verdict.
+        if: { required: ['provenance'], properties: { provenance: { required: ['tool'], properties: { tool: { const: 'edge-quantize' } } } } },
+        then: { properties: { provenance: quantizeProvenance } },
       },
     },
     // Golden checks (./golden.ts): a real pre-processed input tensor (raw little-endian float32 file in

@@ -19,6 +19,7 @@ import { loadBundle, selectModelFile } from '../../src/models/bundle.js';
 import { assertGolden, runGolden } from '../../src/models/golden.js';
 import { generateSigningKeyPair, parsePublicKey, readSignatureFile, verifyManifestSignature } from '../../src/models/signature.js';
 import type { ModelInputSpec } from '../../src/models/types.js';
+import { validateManifest } from '../../src/models/schema.js';
 import { OnnxRuntime } from '../../src/runtimes/onnx.js';
 import { collectRanges, CALIBRATION_METHODS, type CalibrationInput } from '../../quantize/calibrate.js';
 import { loadEvalSet, loadFrames, rot90, toInput } from '../../quantize/dataset.js';
@@ -179,6 +180,17 @@ describe('edge-quantize on the shipped orientation-qa bundle', () => {
     } finally {
       await session.dispose();
     }
+  });
+
+  it('the manifest schema refuses an edge-quantize entry without its figures', async () => {
+    const m = JSON.parse(await readFile(path.join(bundleDir, 'manifest.json'), 'utf8')) as { files: { path: string; provenance?: Record<string, unknown> }[] };
+    expect(validateManifest(m).ok).toBe(true);
+    const entry = m.files.find((f) => f.path === 'model_int8.onnx');
+    delete entry?.provenance?.speedup;
+    delete (entry?.provenance?.gate as Record<string, unknown>).passed;
+    const v = validateManifest(m);
+    expect(v.ok).toBe(false);
+    expect(v.ok ? [] : v.errors).toEqual(expect.arrayContaining([expect.stringMatching(/provenance: must have property 'speedup'/), expect.stringMatching(/provenance\/gate: must have property 'passed'/)]));
   });
 
   it('writes the activation ranges as JSON named by the fp32 graph tensors', async () => {
