@@ -29,7 +29,7 @@
  * is what the store serves (after several restarts in a row during observation it is rolled back: a model
  * that crashes the agent must not stay), or is resumed when the pointer switch had not happened.
  */
-import { readFile } from 'node:fs/promises';
+import { readFile, statfs } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { Ajv, type ErrorObject } from 'ajv';
@@ -389,6 +389,15 @@ export class RolloutManager {
       if (!installed) {
         await this.step(doc, 'downloading', resumed ? 'resuming after a restart' : null);
         this.lastProgressPct = -1;
+        // room for the archive and its unpacked copy (the serving model and the state store need theirs)
+        const fs = await statfs(this.store.root).catch(() => null);
+        if (fs && fs.bavail * fs.bsize < 2 * doc.size + 64 * 1024 * 1024) {
+          throw new RolloutFailure(
+            'downloading',
+            'no-space',
+            `${fs.bavail * fs.bsize} bytes free in ${this.store.root}; a ${doc.size}-byte bundle needs about ${2 * doc.size + 64 * 1024 * 1024}`,
+          );
+        }
         let downloading: Promise<unknown> = Promise.resolve();
         try {
           const r = await race(
