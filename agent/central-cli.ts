@@ -98,7 +98,7 @@ async function ok(p: Promise<{ status: number; body: Record<string, unknown> }>)
 
 function progressLine(v: RolloutView): string {
   const c = v.counts;
-  return `${v.id} ${v.bundle.id}@${v.bundle.version} -> ${v.group}: ${v.status}; ${c.succeeded}/${c.total} active, ${c.failed + c['timed-out']} failed, ${c.reverted} reverted${v.reason ? `; ${v.reason}` : ''}`;
+  return `${v.id} ${v.bundle.id}@${v.bundle.version} -> ${v.group}: ${v.status}; ${c.succeeded}/${c.total} active, ${c.failed + c['timed-out']} failed, ${c.offline} offline, ${c.reverted} reverted${v.reason ? `; ${v.reason}` : ''}`;
 }
 
 const program = new Command()

@@ -15,7 +15,8 @@
  * retained messages.
  *
  * Criteria: `maxFailures` (a device that reports `rolled-back`/`failed` for this rollout, or reaches no
- * terminal phase within `deviceTimeoutSec` of its document, is a failure): more than that halts at once;
+ * terminal phase within `deviceTimeoutSec` of its document, is a failure; one that stayed offline and never
+ * started is `offline`, not a failure, since its retained document waits for it): more than that halts at once;
  * `maxFailureRate` (0..1) is checked when a wave completes (failures / devices issued so far).
  * Halting re-issues every issued device's previous desired document (its own, else its group's, else one
  * for the version it served when the rollout started if the registry has it) under the rollout id
@@ -33,7 +34,11 @@ import type { AgentView, FleetEvent, FleetView } from './fleet.js';
 import type { BundleRecord, Registry } from './registry.js';
 
 export type RolloutStatus = 'canary' | 'widening' | 'succeeded' | 'rolled-back';
-export type DeviceStatus = 'pending' | 'issued' | 'in-progress' | 'succeeded' | 'failed' | 'timed-out' | 'reverted';
+/**
+ * `offline`: the agent was offline and never started on its document within the timeout. Not a failure:
+ * the document is retained, so the agent converges when it reconnects (or reports why it cannot).
+ */
+export type DeviceStatus = 'pending' | 'issued' | 'in-progress' | 'succeeded' | 'failed' | 'timed-out' | 'offline' | 'reverted';
 
 export interface RolloutSpec {
   bundle: { id: string; version: string };
@@ -117,7 +122,7 @@ interface Active {
 
 const ACTIVE: RolloutStatus[] = ['canary', 'widening'];
 const FAILED: DeviceStatus[] = ['failed', 'timed-out'];
-const DONE: DeviceStatus[] = ['succeeded', 'failed', 'timed-out'];
+const DONE: DeviceStatus[] = ['succeeded', 'failed', 'timed-out', 'offline'];
 
 export function bundleUrl(publicUrl: string, id: string, version: string): string {
   return `${publicUrl.replace(/\/+$/, '')}/registry/bundles/${encodeURIComponent(id)}/${encodeURIComponent(version)}/bundle.tar`;
@@ -325,8 +330,14 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
         phase = 'active';
       }
       if ((status === 'issued' || status === 'in-progress') && d.issuedAt && now - Date.parse(d.issuedAt) > doc.deviceTimeoutSec * 1000) {
-        status = 'timed-out';
-        reason = `no terminal phase within ${doc.deviceTimeoutSec} s (last phase: ${phase ?? 'none'}${a?.online === false ? ', agent offline' : ''})`;
+        if (status === 'issued' && phase === null && a?.online === false) {
+          // powered off (a scanner at night): never started, so nothing failed; the retained document waits
+          status = 'offline';
+          reason = `offline since before its document; it applies ${doc.bundle.version} when it reconnects`;
+        } else {
+          status = 'timed-out';
+          reason = `no terminal phase within ${doc.deviceTimeoutSec} s (last phase: ${phase ?? 'none'}${a?.online === false ? ', agent offline' : ''})`;
+        }
       }
       if (status !== d.status || phase !== d.phase || reason !== d.reason) {
         d.status = status;
@@ -381,7 +392,12 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
       }
       // every device done within the criteria: the group document makes late joiners converge
       await this.opts.client.publishAsync(this.topics.groupDesiredModel(doc.group), JSON.stringify(doc.desired), { qos: 1, retain: true });
-      this.setStatus(act, 'succeeded', failures.length ? `${failures.length} device(s) failed within the allowed ${doc.maxFailures}` : null);
+      const offline = all.filter((d) => d.status === 'offline').length;
+      const notes = [
+        ...(failures.length ? [`${failures.length} device(s) failed within the allowed ${doc.maxFailures}`] : []),
+        ...(offline ? [`${offline} device(s) offline: their retained document applies when they reconnect`] : []),
+      ];
+      this.setStatus(act, 'succeeded', notes.length ? notes.join('; ') : null);
       this.log(`rollout ${doc.id}: succeeded`);
       this.finish(act);
     } finally {
@@ -501,7 +517,7 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
       doc = JSON.parse(r.doc) as RolloutDoc;
       devices = this.loadDevices(id);
     }
-    const counts: RolloutView['counts'] = { total: devices.length, pending: 0, issued: 0, 'in-progress': 0, succeeded: 0, failed: 0, 'timed-out': 0, reverted: 0 };
+    const counts: RolloutView['counts'] = { total: devices.length, pending: 0, issued: 0, 'in-progress': 0, succeeded: 0, failed: 0, 'timed-out': 0, offline: 0, reverted: 0 };
     for (const d of devices) counts[d.status]++;
     devices.sort((a, b) => (a.wave === b.wave ? a.deviceId.localeCompare(b.deviceId) : a.wave === 'canary' ? -1 : 1));
     return { ...doc, counts, devices };

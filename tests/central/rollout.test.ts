@@ -130,6 +130,23 @@ describe.skipIf(skipWithoutMosquitto)('central rollout controller', () => {
     expect(agents.slice(0, 3).every((a) => a.serving?.version === '1.2.0')).toBe(true);
   });
 
+  it('an agent that is powered off does not fail the rollout, and converges when it comes back', async () => {
+    const agents = await fleet('ward-g', 3);
+    await agents[2]!.stop(); // retained state: offline
+    await until(() => central.fleet.agents.get('ward-g-0002')?.online === false, 'ward-g-0002 offline in the fleet view');
+    const r = await create(central, { bundle: 'orientation-qa@1.2.0', group: 'ward-g', canary: 0.3, deviceTimeoutSec: 1 });
+    expect(r.devices.filter((d) => d.wave === 'canary').map((d) => d.deviceId)).toEqual(['ward-g-0000']); // online ones go first
+    const done = await until(async () => {
+      const v = await view(central, r.id);
+      return v.status === 'succeeded' && v;
+    }, 'rollout succeeded without the offline agent');
+    expect(done.counts).toMatchObject({ succeeded: 2, offline: 1, failed: 0, 'timed-out': 0 });
+    expect(done.reason).toMatch(/1 device\(s\) offline: their retained document applies when they reconnect/);
+    // back on: the retained document is waiting for it
+    await agents[2]!.start();
+    await until(() => agents[2]!.serving?.version === '1.2.0' && agents[2]!.phase === 'active', 'the returning agent on 1.2.0');
+  });
+
   it('an operator halt reverts the devices reached so far', async () => {
     const agents = await fleet('ward-d', 4, () => ({ hangVersions: ['1.2.0'] }));
     const r = await create(central, { bundle: 'orientation-qa@1.2.0', group: 'ward-d', canary: 0.5 });
@@ -186,6 +203,6 @@ describe.skipIf(skipWithoutMosquitto)('central rollout controller', () => {
     expect(done.counts.succeeded).toBe(4);
     expect(agents.every((a) => a.serving?.version === '1.2.0')).toBe(true);
     const list = (await (await central.api('/api/rollouts')).json()) as { rollouts: RolloutView[] };
-    expect(list.rollouts.map((x) => x.group)).toEqual(['ward-f', 'ward-e', 'ward-d', 'ward-c', 'ward-b', 'ward-a']);
+    expect(list.rollouts.map((x) => x.group)).toEqual(['ward-f', 'ward-e', 'ward-d', 'ward-g', 'ward-c', 'ward-b', 'ward-a']);
   });
 });

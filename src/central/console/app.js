@@ -166,7 +166,7 @@ $('#d-close').addEventListener('click', () => {
 // ---------- rollouts ----------
 function rolloutRow(r) {
   const c = r.counts;
-  const done = c.succeeded + c.failed + c['timed-out'];
+  const done = c.succeeded + c.failed + c['timed-out'] + (c.offline || 0);
   const pct = c.total ? Math.round((100 * c.succeeded) / c.total) : 0;
   const halt = el('button', { type: 'button', disabled: !(r.status === 'canary' || r.status === 'widening') }, 'Halt');
   halt.addEventListener('click', async (ev) => {
@@ -188,7 +188,7 @@ function rolloutRow(r) {
       'td',
       { 'data-testid': 'rollout-progress' },
       el('span', { class: 'bar' }, el('i', { style: `width:${pct}%` })),
-      ` ${c.succeeded}/${c.total} active, ${c.failed + c['timed-out']} failed, ${c.total - done - c.reverted} waiting${c.reverted ? `, ${c.reverted} reverted` : ''}`,
+      ` ${c.succeeded}/${c.total} active, ${c.failed + c['timed-out']} failed, ${c.total - done - c.reverted} waiting${c.offline ? `, ${c.offline} offline` : ''}${c.reverted ? `, ${c.reverted} reverted` : ''}`,
     ),
     el('td', { 'data-testid': 'rollout-reason' }, r.reason || ''),
     el('td', {}, halt),
