@@ -21,6 +21,7 @@ import path from 'node:path';
 import { decodeFile, defaultDecodeOptions, type DecodeOptions, type ImageFrame } from '../src/decode/index.js';
 import { preprocess, toBatch } from '../src/preprocess/index.js';
 import type { Manifest } from '../src/models/types.js';
+import type { Progress } from './progress.js';
 
 export interface ImageFile {
   path: string;
@@ -65,9 +66,11 @@ export interface SetSummary {
 export async function loadFrames(
   dir: string,
   manifest: Manifest,
-  onFile?: () => void,
+  progress?: Progress,
+  label = 'decode',
 ): Promise<{ items: { file: ImageFile; frames: ImageFrame[] }[]; summary: SetSummary; total: number }> {
   const files = await listFiles(dir);
+  progress?.start(`${label} ${path.basename(path.resolve(dir))}/ (src/decode)`, files.length);
   const opts = decodeOptionsFor(manifest);
   const items: { file: ImageFile; frames: ImageFrame[] }[] = [];
   const skipped: { file: string; reason: string }[] = [];
@@ -80,8 +83,9 @@ export async function loadFrames(
     } catch (e) {
       skipped.push({ file: f.rel, reason: (e as Error).message });
     }
-    onFile?.();
+    progress?.tick();
   }
+  progress?.done();
   lines.sort();
   const sha256 = createHash('sha256').update(lines.join('\n')).digest('hex');
   return { items, summary: { files: files.length, used: items.length, skipped, sha256 }, total: files.length };
@@ -136,7 +140,7 @@ export function toInput(frame: ImageFrame, manifest: Manifest): { data: Float32A
   return toBatch([preprocess(frame, manifest.input)], manifest.input);
 }
 
-export async function loadEvalSet(dir: string, manifest: Manifest, layout: EvalLayout, onFile?: () => void): Promise<EvalSet> {
+export async function loadEvalSet(dir: string, manifest: Manifest, layout: EvalLayout, progress?: Progress): Promise<EvalSet> {
   const labels = manifest.labels;
   const root = path.resolve(dir);
   const subdirs = (await readdir(root, { withFileTypes: true }).catch(() => {
@@ -155,7 +159,7 @@ export async function loadEvalSet(dir: string, manifest: Manifest, layout: EvalL
     const unknown = subdirs.filter((d) => !labels.includes(d));
     if (unknown.length) throw new Error(`evaluation set '${dir}': subfolder(s) ${unknown.map((u) => `'${u}'`).join(', ')} are not labels of the model (${labels.join(', ')})`);
   }
-  const { items, summary } = await loadFrames(dir, manifest, onFile);
+  const { items, summary } = await loadFrames(dir, manifest, progress);
   const cases: EvalCase[] = [];
   for (const it of items) {
     if (chosen === 'folders') {

@@ -173,7 +173,7 @@ export async function quantizeBundle(o: QuantizeOptions): Promise<QuantizeReport
     if (!o.calibration) throw new Error('static quantization needs --calibration DIR (real images)');
     const plan = planStatic(model, o.keepFp32);
     if (plan.quantized.size === 0) throw new Error('nothing to quantize: no Conv/Gemm/MatMul with constant weights (or all kept fp32)');
-    const files = await loadFrames(o.calibration, manifest);
+    const files = await loadFrames(o.calibration, manifest, progress);
     const inputs: CalibrationInput[] = [];
     for (const it of files.items) for (const f of it.frames) inputs.push(toInput(f, manifest));
     if (!inputs.length) {
@@ -218,7 +218,7 @@ export async function quantizeBundle(o: QuantizeOptions): Promise<QuantizeReport
   const fp32 = await createSession(ort, fp32Bytes, sessOpts);
   try {
     // 3. evaluation: accuracy, agreement, latency; golden deviation
-    const ev = await loadEvalSet(o.eval, manifest, o.evalLayout);
+    const ev = await loadEvalSet(o.eval, manifest, o.evalLayout, progress);
     log(`evaluation: ${ev.cases.length} cases (${ev.layout} layout) from ${ev.summary.used}/${ev.summary.files} files`);
     const acc = await compareAccuracy(ort, fp32, int8, ev.cases, manifest.output.activation, progress);
     const lat = await compareLatency(ort, fp32, int8, ev.cases, { ...sessOpts, runs: o.latencyRuns, warmup: o.warmup }, progress);
