@@ -6,6 +6,7 @@
  */
 import { readFile, mkdtemp, rm, stat } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -338,6 +339,26 @@ describe('model rollout (desired state)', () => {
     await mgr.idle();
     expect(host.current.info.version).toBe('3.0.0');
     expect(host.last()).toMatchObject({ rolloutId: null, reason: 'activated by command (central)' });
+  });
+
+  it('a state disk without room for the bundle refuses the download (no-space) and the serving model stays', async (ctx) => {
+    // a real small filesystem: tmpfs of 16 MiB as the store's root (needs root, as in CI)
+    const mnt = await mkdtemp(path.join(dir, 'small-'));
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=16m,mode=0755', 'tmpfs', mnt], { encoding: 'utf8' });
+    if (m.status !== 0) {
+      if (process.env.CI === 'true') throw new Error(`mount -t tmpfs failed: ${m.stderr || m.error?.message}`);
+      ctx.skip();
+    }
+    cleanup.push(() => Promise.resolve(spawnSync('umount', ['-l', mnt])));
+    const { host, mgr, store } = await setup([], path.join(mnt, 'models'));
+    const doc = desired('v3');
+    const asked = server.requests.filter((r) => r.path === '/v3.tar').length;
+    await send(mgr, doc);
+    await mgr.idle();
+    expect(host.last()).toMatchObject({ phase: 'rolled-back', failedPhase: 'downloading', code: 'no-space', serving: { version: shippedVersion } });
+    expect(host.last().reason).toMatch(/bytes free in .*; a \d+-byte bundle needs about \d+/);
+    expect(server.requests.filter((r) => r.path === '/v3.tar')).toHaveLength(asked); // refused before any request
+    expect(existsSync(`${store.downloadPath(doc.sha256)}.part`)).toBe(false);
   });
 
   it('an agent stopped mid-download resumes on the next start from the partial file', async () => {
