@@ -226,7 +226,6 @@ export class RolloutManager {
     return this.lastState;
   }
 
-  /** Reads the persisted record and resumes (or reports) a rollout interrupted by a restart. */
   /**
    * Reads the persisted record and resumes (or reports) a rollout interrupted by a restart. Documents
    * that arrived before (retained ones, at connect) are handled after it, in order. Does not wait for the
