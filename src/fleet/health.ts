@@ -2,7 +2,8 @@
  * Health (issue 6): the retained `<base>/<device>/health` document (HealthPayload, src/fleet/protocol.ts),
  * published every `fleet.healthIntervalSec` and at once on a change: model swap, pause/resume, an error,
  * a rollout step, a (re)connection to the broker (a broker restarted without persistence forgot it).
- * Changes that come in a burst are coalesced into one publish.
+ * Changes that come in a burst are coalesced: at most one change-driven publish per second (a storm of
+ * quarantined files does not become a storm of health messages).
  *
  * Latency is end to end as a user sees it: from the moment the agent took the file (journal accept,
  * right after the inbox watcher found it complete) to the broker's PUBACK of its result, over a sliding
@@ -16,6 +17,9 @@ import type { Logger } from 'pino';
 import type { HealthPayload } from './protocol.js';
 
 export type HealthModel = HealthPayload['model'];
+
+/** Change-driven publishes are at least this far apart. */
+const MIN_CHANGE_SPACING_MS = 1000;
 
 /** What the reporter reads at each snapshot; every function must be cheap and must not throw (guarded anyway). */
 export interface HealthSources {
@@ -101,7 +105,8 @@ export class HealthReporter {
   private timer: NodeJS.Timeout | undefined;
   private intervalSec: number;
   private lastError: HealthPayload['lastError'] = null;
-  private pendingChange: NodeJS.Immediate | undefined;
+  private pendingChange: NodeJS.Timeout | undefined;
+  private lastPublishAt = 0;
   private publishing: Promise<void> = Promise.resolve();
   private again = false;
   private inFlight = false;
@@ -126,7 +131,7 @@ export class HealthReporter {
     this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    if (this.pendingChange) clearImmediate(this.pendingChange);
+    if (this.pendingChange) clearTimeout(this.pendingChange);
     this.pendingChange = undefined;
   }
 
@@ -154,11 +159,12 @@ export class HealthReporter {
   /** Something health shows changed: publish soon (one publish for a burst of changes). */
   changed(reason: string): void {
     if (this.stopped || this.pendingChange) return;
-    this.pendingChange = setImmediate(() => {
+    const wait = Math.max(0, this.lastPublishAt + MIN_CHANGE_SPACING_MS - Date.now());
+    this.pendingChange = setTimeout(() => {
       this.pendingChange = undefined;
       this.opts.log.debug({ reason }, 'health changed');
       void this.publishNow();
-    });
+    }, wait);
   }
 
   /** Number of snapshots handed to publish so far. */
@@ -218,6 +224,7 @@ export class HealthReporter {
           this.again = false;
           const payload = await this.snapshot();
           this.published++;
+          this.lastPublishAt = Date.now();
           await this.opts.publish(payload);
         } while (this.again && !this.stopped);
       } catch (err) {

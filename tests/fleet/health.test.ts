@@ -117,6 +117,24 @@ describe.skipIf(skipWithoutMosquitto)('health on mosquitto', () => {
     expect(after.ingest.paused).toBe(true);
   });
 
+  it('a storm of errors becomes a bounded number of health messages, the last error in the last one', async () => {
+    const { link, health } = setup('h-3');
+    link.start();
+    await link.waitForConnection(5000);
+    health.start();
+    await until(() => health.publishedCount >= 1, 5000, 'first health');
+    const sub = await Subscriber.connect(broker.url, 'imaging/h-3/health');
+    cleanups.push(() => sub.close());
+    const before = health.publishedCount;
+    for (let i = 1; i <= 200; i++) {
+      health.recordError('decode-failed', `file ${i}`);
+      await new Promise((r) => setImmediate(r));
+    }
+    await until(() => parse(sub, 'imaging/h-3/health').some((h) => h.lastError?.message === 'file 200'), 10_000, 'the last error published');
+    // 200 changes spread over many event-loop turns: at most one change-driven publish per second.
+    expect(health.publishedCount - before).toBeLessThan(10);
+  });
+
   it('keeps publishing on its interval, and republishes after the broker restarted without persistence', async () => {
     const { link, health } = setup('h-2', 1);
     link.on('connected', () => health.changed('connected'));
