@@ -181,6 +181,35 @@ describe.skipIf(skipWithoutMosquitto)('model rollout on a running agent (real mo
     expect(await again.stop()).toBe(0);
   }, 300_000);
 
+  it('shadow and observation run on live captures: the candidate is compared, then watched after activation', async () => {
+    const h = await harness('dev-shadow');
+    const agent = await AgentProcess.start(h.dirs);
+    cleanup.push(() => agent.kill());
+    const doc = desired('good', { policy: { shadowImages: 2, minAgreement: 0.5, observeImages: 1, maxErrorRate: 0 } });
+    await h.publish(doc);
+    await h.waitState(doc.rolloutId, ['shadow']);
+    // the two captures are classified by the serving model (results carry it) and by the candidate beside it
+    expect((await h.classifyOne(h.dirs)).model.version).toBe(shipped);
+    expect((await h.classifyOne(h.dirs)).model.version).toBe(shipped);
+    await h.waitState(doc.rolloutId, ['observing']);
+    const shadow = h.states().filter((s) => s.rolloutId === doc.rolloutId && s.phase === 'shadow' && s.shadow?.compared === 2);
+    expect(shadow.at(-1)!.shadow).toEqual({ compared: 2, agreement: 1 }); // same weights: same labels
+    // one capture after activation, classified by the new version without a failure: active
+    expect((await h.classifyOne(h.dirs)).model.version).toBe('2.0.0');
+    const end = await h.waitState(doc.rolloutId, ['active', 'rolled-back', 'failed']);
+    expect(end).toMatchObject({ phase: 'active', serving: { version: '2.0.0' } });
+    expect([...new Set(h.states().filter((s) => s.rolloutId === doc.rolloutId).map((s) => s.phase))]).toEqual([
+      'downloading',
+      'verifying',
+      'golden',
+      'shadow',
+      'activating',
+      'observing',
+      'active',
+    ]);
+    expect(await agent.stop()).toBe(0);
+  }, 300_000);
+
   it('killed (SIGKILL) during activation, the agent restarts serving a whole model, says which, and converges', async () => {
     // the document goes to the agent's group this time (fleet.groups)
     const h = await harness('dev-kill', ['ward-kill']);
