@@ -6,6 +6,7 @@
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LocalDiskStorage } from '../../src/central/storage.js';
 import { generateSigningKeyPair } from '../../src/models/signature.js';
 import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { makeBundle, sha256, startTestCentral, tempDir, upload, type MadeBundle, type TestCentral } from './helpers.js';
@@ -125,6 +126,21 @@ describe.skipIf(skipWithoutMosquitto)('central model registry', () => {
 
     expect((await fetch(url, { headers: { 'if-none-match': `"${good.sha256}"` } })).status).toBe(304);
     expect((await fetch(`${central.url}/registry/bundles/orientation-qa/9.9.9/bundle.tar`)).status).toBe(404);
+  });
+
+  it('deletes a bundle: gone from the listing, the storage and downloads', async () => {
+    const b = await makeBundle('0.9.0');
+    expect((await upload(central, b)).status).toBe(201);
+    const storage = new LocalDiskStorage(path.join(central.dataDir, 'bundles'));
+    expect((await storage.list()).map((o) => o.key)).toContain('orientation-qa/0.9.0.tar');
+    expect((await storage.stat('orientation-qa/0.9.0.tar'))?.size).toBe(b.size);
+    const del = await central.api('/api/bundles/orientation-qa/0.9.0', { method: 'DELETE' });
+    expect(del.status).toBe(200);
+    expect((await storage.list()).map((o) => o.key)).not.toContain('orientation-qa/0.9.0.tar');
+    expect((await fetch(`${central.url}/registry/bundles/orientation-qa/0.9.0/bundle.tar`)).status).toBe(404);
+    expect((await central.api('/api/bundles/orientation-qa/0.9.0', { method: 'DELETE' })).status).toBe(404);
+    // storage keys are made by the registry, but never leave the storage root
+    await expect(storage.get('../central.db')).rejects.toThrow(/invalid storage key/);
   });
 
   it('requires the token for the API (downloads stay open to agents: bundles are signed)', async () => {
