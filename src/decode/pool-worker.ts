@@ -21,3 +21,6 @@ parentPort!.on('message', (m: { bytes: Uint8Array; options: DecodeOptions }) => 
     parentPort!.postMessage(reply, transfer);
   })();
 });
+
+// Loaded (static imports above): DecodePool.ready() resolves on this.
+parentPort!.postMessage({ ready: true });

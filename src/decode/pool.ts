@@ -45,9 +45,31 @@ export class DecodePool {
   /** Files stopped by the time limit (diagnostics, tests). */
   timeouts = 0;
 
+  private readonly readyPromise: Promise<void>;
+
   constructor(private readonly opts: DecodePoolOptions) {
-    // Started now, not at the first file: loading the decoders in a fresh thread takes ~0.3-0.8 s.
+    // Started now, not at the first file: loading the decoders in a fresh thread takes ~0.3-1 s.
     for (let i = 0; i < Math.max(1, opts.size); i++) this.idle.push(this.spawn());
+    const first = this.idle[0]!;
+    this.readyPromise = new Promise<void>((resolve) => {
+      const done = (): void => {
+        first.off('message', onMessage);
+        resolve();
+      };
+      const onMessage = (m: unknown): void => {
+        if ((m as { ready?: boolean }).ready) done();
+      };
+      first.on('message', onMessage);
+      first.once('exit', done);
+    });
+  }
+
+  /**
+   * Resolves once a worker has loaded the decoders (or died trying: decode() then reports it). The
+   * pipeline waits for it before counting a job's attempt, so a restart's warm-up is not an attempt.
+   */
+  ready(): Promise<void> {
+    return this.readyPromise;
   }
 
   private spawn(): Worker {
@@ -95,8 +117,8 @@ export class DecodePool {
         if (healthy) this.release(w);
         else this.discard(w);
       };
-      const onMessage = (m: PoolReply): void => {
-        if (settled) return;
+      const onMessage = (m: PoolReply | { ready: true }): void => {
+        if (settled || 'ready' in m) return;
         finish(true);
         if (m.ok) resolve(m.capture);
         else if (m.decodeError) reject(new DecodeError(m.code, m.message));

@@ -293,6 +293,9 @@ export class Pipeline {
     const job = this.store.journal.get(hash);
     if (!job || (job.state !== 'queued' && job.state !== 'decoded')) return false;
     const log = this.log.child({ file: await this.shownName(job), hash: hash.slice(0, 12) });
+    // An attempt counts from when work can start: a kill while the decoders still load (right after a
+    // restart) is no evidence against the file.
+    await this.decoder.ready();
     const attempts = this.store.journal.beginAttempt(hash);
     if (attempts > this.opts.maxAttempts) {
       await this.quarantine(job, 'too-many-attempts', `processing failed or was interrupted ${attempts - 1} times`, 'pipeline');

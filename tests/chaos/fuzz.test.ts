@@ -19,7 +19,7 @@ import { decodeBuffer, DecodeError, defaultDecodeOptions } from '../../src/decod
 import { AgentProcess, agentDirs } from '../helpers/agent.js';
 import { mosquittoAvailable, skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { Subscriber } from '../mqtt/util.js';
-import { chaosSeed, filesUnder, sleep } from './lib/common.js';
+import { CHAOS_MODEL, chaosSeed, filesUnder, sleep } from './lib/common.js';
 import { fuzzCase, FUZZ_WORKER, runFuzz } from './fuzz/harness.js';
 
 const CASES = Number(process.env.CHAOS_FUZZ_CASES ?? 10_000);
@@ -62,7 +62,7 @@ describe.skipIf(skipWithoutMosquitto)('chaos: mutated files through the running 
     const seed = chaosSeed();
     console.log(`chaos fuzz e2e: seed ${seed}`);
     const deviceId = 'chaos-fuzz';
-    const dirs = agentDirs({ deviceId, mqtt: { url: broker.url }, ingest: { stabilityMs: 100, pollIntervalMs: 50 } });
+    const dirs = agentDirs({ deviceId, model: CHAOS_MODEL, mqtt: { url: broker.url }, ingest: { stabilityMs: 100, pollIntervalMs: 50 } });
     const sub = await Subscriber.connect(broker.url, `imaging/${deviceId}/+`);
     const agent = await AgentProcess.start(dirs);
     try {

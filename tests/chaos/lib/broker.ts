@@ -13,7 +13,7 @@ import path from 'node:path';
 import { AgentProcess, agentDirs } from '../../helpers/agent.js';
 import type { Mosquitto } from '../../helpers/mosquitto.js';
 import { Subscriber } from '../../mqtt/util.js';
-import { auditStore, filesUnder, makeCaptures, ResultLedger, rng, sleep, type DeliveryAudit, type StoreAudit } from './common.js';
+import { CHAOS_MODEL, auditStore, filesUnder, makeCaptures, ResultLedger, rng, sleep, type DeliveryAudit, type StoreAudit } from './common.js';
 
 export interface BrokerChaosReport {
   scenario: 'broker-restart';
@@ -42,7 +42,7 @@ export async function runBrokerRestarts(opts: {
   const random = rng(opts.seed);
   const log = opts.log ?? (() => undefined);
   const deviceId = `chaos-broker-${opts.seed}`;
-  const dirs = agentDirs({ deviceId, mqtt: { url: opts.broker.url, reconnectPeriodMs: 100 }, ingest: { stabilityMs: 100, pollIntervalMs: 50 } });
+  const dirs = agentDirs({ deviceId, model: CHAOS_MODEL, mqtt: { url: opts.broker.url, reconnectPeriodMs: 100 }, ingest: { stabilityMs: 100, pollIntervalMs: 50 } });
   const captures = makeCaptures(opts.restarts * (opts.filesPerRestart ?? 5), path.join(dirs.root, 'staging'));
   const ledger = new ResultLedger();
   // A persistent session (clean start off, long expiry): what a real consumer of results uses.

@@ -29,6 +29,13 @@ export function chaosSeed(): number {
   return s && /^\d+$/.test(s) ? Number(s) : Math.floor(Math.random() * 2 ** 31);
 }
 
+/**
+ * The model settings of every chaos agent: ONNX Runtime fp32 pinned. With `auto`, a start benchmarks
+ * every runtime until its cached choice is written, and a chaos run that kills the agent during start-up
+ * would measure that benchmark instead of the pipeline (and slow every kill loop down).
+ */
+export const CHAOS_MODEL = { runtime: 'onnx', precision: 'fp32', warmupRuns: 1 };
+
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 export const dcmtkAvailable = spawnSync('dcmodify', ['--version']).status === 0;

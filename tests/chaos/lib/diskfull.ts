@@ -15,7 +15,7 @@ import path from 'node:path';
 import { AgentProcess, writeConfig, type AgentDirs } from '../../helpers/agent.js';
 import type { Mosquitto } from '../../helpers/mosquitto.js';
 import { Subscriber } from '../../mqtt/util.js';
-import { auditStore, filesUnder, makeCaptures, ResultLedger, sleep, type DeliveryAudit, type StoreAudit } from './common.js';
+import { CHAOS_MODEL, auditStore, filesUnder, makeCaptures, ResultLedger, sleep, type DeliveryAudit, type StoreAudit } from './common.js';
 
 /** Mounts a tmpfs of `sizeKiB` on `dir`; returns a reason string when this machine does not allow it. */
 export function mountTmpfs(dir: string, sizeKiB: number): string | null {
@@ -96,7 +96,7 @@ export async function runDiskFull(opts: { broker: Mosquitto; sizeKiB?: number; b
     return { skipped: why };
   }
   const deviceId = 'chaos-diskfull';
-  writeConfig(dirs, { deviceId, mqtt: { url: opts.broker.url }, ingest: { stabilityMs: 100, pollIntervalMs: 50 } });
+  writeConfig(dirs, { deviceId, model: CHAOS_MODEL, mqtt: { url: opts.broker.url }, ingest: { stabilityMs: 100, pollIntervalMs: 50 } });
   const nBefore = opts.before ?? 5;
   const nFull = opts.whileFull ?? 40;
   const captures = makeCaptures(nBefore + nFull, path.join(root, 'staging'));

@@ -17,7 +17,7 @@ import path from 'node:path';
 import { AgentProcess, agentDirs } from '../../helpers/agent.js';
 import type { Mosquitto } from '../../helpers/mosquitto.js';
 import { Subscriber } from '../../mqtt/util.js';
-import { auditStore, filesUnder, makeCaptures, ResultLedger, rng, sleep, type DeliveryAudit, type StoreAudit } from './common.js';
+import { CHAOS_MODEL, auditStore, filesUnder, makeCaptures, ResultLedger, rng, sleep, type DeliveryAudit, type StoreAudit } from './common.js';
 
 export interface Kill9Options {
   iterations: number;
@@ -28,6 +28,8 @@ export interface Kill9Options {
   log?: (line: string) => void;
   /** Keep the temp dir (inbox, state, done) for a post-mortem. */
   keep?: boolean;
+  /** ingest.maxAttempts of the agent (default 10 here; the product default is 3). */
+  maxAttempts?: number;
 }
 
 export interface Kill9Report {
@@ -35,6 +37,7 @@ export interface Kill9Report {
   seed: number;
   iterations: number;
   files: number;
+  maxAttempts: number;
   kills: { total: number; duringStartup: number; afterStart: number; withFilesInInbox: number };
   /** Summed over restarts, from the agent's "recovered unfinished work" log line. */
   recovered: { resumedJobs: number; finalizedMoves: number; restartsWithWork: number };
@@ -54,8 +57,12 @@ export async function runKill9(opts: Kill9Options): Promise<Kill9Report> {
   const deviceId = `chaos-kill-${opts.seed}`;
   const dirs = agentDirs({
     deviceId,
+    model: CHAOS_MODEL,
     mqtt: { url: opts.broker.url, reconnectPeriodMs: 200 },
-    ingest: { stabilityMs: 100, pollIntervalMs: 50 },
+    // maxAttempts (default 3) also counts runs that died with the job in flight, to quarantine a file
+    // that kills the agent. Killed every ~1 s, an innocent capture can be in flight 3 times; this run
+    // measures loss, not that policy (docs/RELIABILITY.md gives the default's figure).
+    ingest: { stabilityMs: 100, pollIntervalMs: 50, maxAttempts: opts.maxAttempts ?? 10 },
     logging: { level: 'info' },
   });
   const captures = makeCaptures(opts.iterations * perIter, path.join(dirs.root, 'staging'));
@@ -135,6 +142,7 @@ export async function runKill9(opts: Kill9Options): Promise<Kill9Report> {
     scenario: 'kill9',
     seed: opts.seed,
     iterations: opts.iterations,
+    maxAttempts: opts.maxAttempts ?? 10,
     files: captures.length,
     kills,
     recovered,
