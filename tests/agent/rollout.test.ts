@@ -7,13 +7,14 @@
  * carrying a bad signature is refused with the reason on model/state while the old model keeps serving;
  * an agent killed during activation or mid-download comes back serving a whole model and finishes.
  */
+import { spawnSync } from 'node:child_process';
 import { copyFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { CommandResponse, DesiredModel, ModelState } from '../../src/fleet/protocol.js';
-import { AgentProcess, agentDirs, type AgentDirs } from '../helpers/agent.js';
+import { AgentProcess, CLI, agentDirs, type AgentDirs } from '../helpers/agent.js';
 import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
 import { Subscriber, until } from '../mqtt/util.js';
 import { BundleServer, DEV_PUBLIC, ROOT, makeVersion, packTar, shippedManifest, type PackedBundle } from '../fleet/helpers.js';
@@ -179,6 +180,20 @@ describe.skipIf(skipWithoutMosquitto)('model rollout on a running agent (real mo
     await until(() => again.logs.some((l) => l.msg === 'desired model document already handled; its outcome stands'), 30_000, 'outcome restated');
     expect(registry.requests.filter((r) => r.path === '/badsig.tar')).toHaveLength(1);
     expect(await again.stop()).toBe(0);
+
+    // every model change is in the audit log, with why and who
+    const exported = spawnSync(process.execPath, [CLI, 'audit', 'export', '--state-dir', h.dirs.stateDir, '--since', '1h', '--kind', 'model'], { encoding: 'utf8' });
+    expect(exported.status).toBe(0);
+    const changes = exported.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { reason: string; actor: string; to: { version: string } | null });
+    const find = (re: RegExp) => changes.find((c) => re.test(c.reason));
+    expect(find(new RegExp(`^rollout ${good.rolloutId}: activated$`))).toMatchObject({ actor: 'central', to: { version: '2.0.0' } });
+    expect(find(new RegExp(`^rollout ${golden.rolloutId} of orientation-qa@3\\.0\\.0 refused at golden \\(golden-mismatch\\)$`))).toMatchObject({ to: null });
+    expect(find(new RegExp(`^rollout ${badsig.rolloutId} of orientation-qa@4\\.0\\.0 refused at verifying \\(bad-signature\\)$`))).toBeDefined();
+    expect(find(/^rollback command$/)).toMatchObject({ to: { version: shipped } });
+    expect(find(/^activate command: orientation-qa@2\.0\.0$/)).toMatchObject({ to: { version: '2.0.0' } });
   }, 300_000);
 
   it('shadow and observation run on live captures: the candidate is compared, then watched after activation', async () => {
