@@ -241,7 +241,8 @@ describe.skipIf(skipWithoutMosquitto || !dcmtkAvailable)('agent with a real mosq
         expect(sidecar.code).toBe(errors.find((e) => e.input.fileName === name)?.code);
         expect(sidecar.reason.length).toBeGreaterThan(5);
       }
-      expect(existsSync(path.join(dirs.doneDir, 'good.dcm'))).toBe(true);
+      // The good file moves to done/ after its result's PUBACK, possibly after the sidecars were written.
+      await until(() => existsSync(path.join(dirs.doneDir, 'good.dcm')), 10_000, 'good.dcm in done/');
       expect(JSON.parse(sub.on(`imaging/${deviceId}/state`).at(-1)!.payload)).toMatchObject({ state: 'online' });
     } finally {
       await sub.close();
