@@ -43,7 +43,10 @@ export type KnownPath = (path: string) => boolean;
 interface Tracked {
   size: number;
   mtimeMs: number;
-  /** When size/mtime were last seen to change (or first seen). */
+  /**
+   * When size/mtime were last seen to change (or first seen), on the monotonic clock (performance.now):
+   * a wall clock stepped back must not hold files for the size of the step.
+   */
   changedAt: number;
   /** Passed the stability check; waiting to be offered. */
   complete: boolean;
@@ -135,7 +138,7 @@ export class InboxWatcher {
     if (this.isIgnored(p)) return;
     const prev = this.tracked.get(p);
     if (prev) {
-      prev.changedAt = Date.now();
+      prev.changedAt = performance.now();
       prev.complete = false;
       return;
     }
@@ -143,14 +146,14 @@ export class InboxWatcher {
       this.overflowed = true;
       return;
     }
-    this.tracked.set(p, { size: -1, mtimeMs: -1, changedAt: Date.now(), complete: false });
+    this.tracked.set(p, { size: -1, mtimeMs: -1, changedAt: performance.now(), complete: false });
   }
 
   private async sweep(): Promise<void> {
     if (this.sweeping) return;
     this.sweeping = true;
     try {
-      const now = Date.now();
+      const now = performance.now();
       for (const [p, t] of this.tracked) {
         // Skip the stat when it cannot change the outcome: a file that changed less than
         // stabilityMs ago cannot be complete yet (a further write raises an event that restarts its
@@ -183,13 +186,17 @@ export class InboxWatcher {
         if (s.size !== t.size || s.mtimeMs !== t.mtimeMs) {
           // First look at a file: it last changed at its mtime (a backlog or rescanned file has long
           // been quiet and needs no fresh window); any later change restarts the window from now.
-          t.changedAt = t.size === -1 ? Math.min(t.changedAt, s.mtimeMs) : now;
+          // An mtime in the future (the wall clock stepped back, or a writer with a skewed clock on a
+          // network filesystem) says nothing about quiet time: only the monotonic window counts then.
+          const age = Date.now() - s.mtimeMs;
+          t.changedAt = t.size === -1 && age > 0 ? Math.min(t.changedAt, now - age) : now;
           t.size = s.size;
           t.mtimeMs = s.mtimeMs;
           t.complete = false;
           continue;
         }
-        const quiet = Math.min(now - t.changedAt, now - s.mtimeMs);
+        const sinceWrite = Date.now() - s.mtimeMs;
+        const quiet = sinceWrite >= 0 ? Math.min(now - t.changedAt, sinceWrite) : now - t.changedAt;
         if (quiet < this.opts.stabilityMs) continue;
         t.complete = true;
         // Paused or full: a complete file stays tracked (bounded by maxTracked) and is offered the
