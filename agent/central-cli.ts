@@ -222,8 +222,27 @@ withClient(
     .option('--max-failures <n>', 'failed devices tolerated before halting and rolling back', '0')
     .option('--max-failure-rate <fraction>', 'failure rate above which a completed wave halts')
     .option('--device-timeout <sec>', 'a device with no result in this time counts as failed', '600')
+    .option('--shadow-images <n>', "agent policy: run the candidate beside the current model on the next N live images first")
+    .option('--min-agreement <fraction>', 'agent policy: shadow label agreement needed to activate (agent default 0.9)')
+    .option('--observe-images <n>', 'agent policy: after activation, watch this many images')
+    .option('--max-error-rate <fraction>', 'agent policy: error rate over the observed images that rolls the agent back')
     .option('--wait', 'wait until the rollout succeeds (exit 0) or is rolled back (exit 1), printing progress'),
-).action(async (o: ClientOpts & { bundle: string; group: string; canary: string; maxFailures: string; maxFailureRate?: string; deviceTimeout: string; wait?: boolean }) => {
+).action(
+  async (
+    o: ClientOpts & {
+      bundle: string;
+      group: string;
+      canary: string;
+      maxFailures: string;
+      maxFailureRate?: string;
+      deviceTimeout: string;
+      shadowImages?: string;
+      minAgreement?: string;
+      observeImages?: string;
+      maxErrorRate?: string;
+      wait?: boolean;
+    },
+  ) => {
   const c = client(o);
   const body: Record<string, unknown> = {
     bundle: o.bundle,
@@ -233,6 +252,12 @@ withClient(
     deviceTimeoutSec: Number(o.deviceTimeout),
   };
   if (o.maxFailureRate !== undefined) body.maxFailureRate = Number(o.maxFailureRate);
+  const policy: Record<string, number> = {};
+  if (o.shadowImages !== undefined) policy.shadowImages = Number(o.shadowImages);
+  if (o.minAgreement !== undefined) policy.minAgreement = Number(o.minAgreement);
+  if (o.observeImages !== undefined) policy.observeImages = Number(o.observeImages);
+  if (o.maxErrorRate !== undefined) policy.maxErrorRate = Number(o.maxErrorRate);
+  if (Object.keys(policy).length) body.policy = policy;
   let v = (await ok(call(c, 'POST', '/api/rollouts', { json: body }))) as unknown as RolloutView;
   process.stdout.write(`${progressLine(v)}\n`);
   if (!o.wait) return;
@@ -245,7 +270,8 @@ withClient(
     last = line;
   }
   process.exit(v.status === 'succeeded' ? 0 : 1);
-});
+  },
+);
 withClient(rollout.command('status [id]').description('one rollout with its devices, or the recent ones').option('--json', 'print JSON')).action(
   async (id: string | undefined, o: ClientOpts & { json?: boolean }) => {
     const c = client(o);

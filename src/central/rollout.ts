@@ -124,6 +124,29 @@ const ACTIVE: RolloutStatus[] = ['canary', 'widening'];
 const FAILED: DeviceStatus[] = ['failed', 'timed-out'];
 const DONE: DeviceStatus[] = ['succeeded', 'failed', 'timed-out', 'offline'];
 
+/** The agent's rollout policy (src/fleet/protocol.ts DesiredModel.policy), checked before it goes out. */
+function checkPolicy(p: unknown): DesiredModel['policy'] | undefined {
+  if (p === undefined || p === null) return undefined;
+  if (typeof p !== 'object' || Array.isArray(p)) throw new RolloutError(400, 'policy must be an object');
+  const o = p as Record<string, unknown>;
+  const out: NonNullable<DesiredModel['policy']> = {};
+  const rules: Record<string, { int: boolean; max: number }> = {
+    shadowImages: { int: true, max: 100_000 },
+    observeImages: { int: true, max: 100_000 },
+    minAgreement: { int: false, max: 1 },
+    maxErrorRate: { int: false, max: 1 },
+  };
+  for (const [k, v] of Object.entries(o)) {
+    const r = rules[k];
+    if (!r) throw new RolloutError(400, `policy.${k} is not a rollout policy field (${Object.keys(rules).join(', ')})`);
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < 0 || v > r.max || (r.int && !Number.isInteger(v))) {
+      throw new RolloutError(400, `policy.${k} must be ${r.int ? 'an integer' : 'a number'} in [0, ${r.max}], got ${JSON.stringify(v)}`);
+    }
+    (out as Record<string, number>)[k] = v;
+  }
+  return out;
+}
+
 export function bundleUrl(publicUrl: string, id: string, version: string): string {
   return `${publicUrl.replace(/\/+$/, '')}/registry/bundles/${encodeURIComponent(id)}/${encodeURIComponent(version)}/bundle.tar`;
 }
@@ -192,6 +215,7 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
     const deviceTimeoutSec = spec.deviceTimeoutSec ?? 600;
     if (!(deviceTimeoutSec > 0)) throw new RolloutError(400, `deviceTimeoutSec must be > 0, got ${String(deviceTimeoutSec)}`);
     if (typeof spec.group !== 'string' || spec.group === '' || /[+#/]/.test(spec.group)) throw new RolloutError(400, `group must be a group name, got ${JSON.stringify(spec.group)}`);
+    const policy = checkPolicy(spec.policy);
     const rec: BundleRecord | null = this.opts.registry.get(spec.bundle?.id, spec.bundle?.version);
     if (!rec) throw new RolloutError(404, `bundle ${spec.bundle?.id}@${spec.bundle?.version} is not in the registry; upload it first`);
     for (const a of this.active.values()) {
@@ -215,7 +239,7 @@ export class RolloutController extends EventEmitter<{ change: [string] }> {
       sha256: rec.sha256,
       size: rec.size,
       issuedAt: now,
-      ...(spec.policy ? { policy: spec.policy } : {}),
+      ...(policy ? { policy } : {}),
     };
     const doc: RolloutDoc = {
       id,

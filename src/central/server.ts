@@ -434,7 +434,7 @@ export async function startCentral(opts: CentralOptions): Promise<CentralServer>
           deviceTimeoutSec: num(body.deviceTimeoutSec, 'deviceTimeoutSec'),
           createdBy: who === 'cookie' ? 'console' : 'api',
         };
-        if (typeof body.policy === 'object' && body.policy !== null) spec.policy = body.policy;
+        if (body.policy !== undefined) spec.policy = body.policy as RolloutSpec['policy'];
         const v = await rollouts.create(spec);
         return send(res, 201, v);
       }

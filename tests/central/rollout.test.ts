@@ -180,7 +180,13 @@ describe.skipIf(skipWithoutMosquitto)('central rollout controller', () => {
     expect(res.status).toBe(400);
     res = await post({ bundle: 'orientation-qa', group: 'ward-e' });
     expect(res.status).toBe(400);
-    const r = await create(central, { bundle: 'orientation-qa@1.2.0', group: 'ward-e', canary: 0.5 });
+    res = await post({ bundle: 'orientation-qa@1.2.0', group: 'ward-e', policy: { minAgreement: 2 } });
+    expect(res.status).toBe(400);
+    expect(await err(res)).toMatch(/policy.minAgreement must be a number in \[0, 1\]/);
+    res = await post({ bundle: 'orientation-qa@1.2.0', group: 'ward-e', policy: { shadowImagez: 5 } });
+    expect(await err(res)).toMatch(/policy.shadowImagez is not a rollout policy field/);
+    const r = await create(central, { bundle: 'orientation-qa@1.2.0', group: 'ward-e', canary: 0.5, policy: { observeImages: 5, maxErrorRate: 0.2 } });
+    expect(r.desired.policy).toEqual({ observeImages: 5, maxErrorRate: 0.2 }); // goes to the agents as is
     res = await post({ bundle: 'orientation-qa@1.2.0', group: 'ward-e' });
     expect(res.status).toBe(409);
     expect(await err(res)).toContain(r.id);
