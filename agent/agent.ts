@@ -22,7 +22,7 @@ import { StateStore } from '../src/store/index.js';
 import type { IsolationOptions } from '../src/runtimes/worker/supervisor.js';
 import type { AgentLogger } from '../src/log.js';
 import { AGENT_VERSION } from './version.js';
-import type { LoadedConfig } from '../src/config/load.js';
+import { rolloutTrustedKeys, type LoadedConfig } from '../src/config/load.js';
 import { AgentFleet } from '../src/fleet/agent-fleet.js';
 import { RESTART_EXIT_CODE } from '../src/fleet/agent-commands.js';
 import { ModelStore, refString } from '../src/fleet/model-store.js';
@@ -317,7 +317,7 @@ export class Agent {
         baseTopic: c.mqtt.baseTopic,
         groups: c.fleet.groups,
         shippedBundle: c.model.bundle,
-        trustedKeys: c.model.trustedKeys,
+        trustedKeys: rolloutTrustedKeys(c),
         download: {
           maxBytes: c.fleet.download.maxBytes,
           timeoutMs: c.fleet.download.timeoutMs,

@@ -29,6 +29,17 @@ export const OVERRIDES_FILE = 'config-overrides.json';
 /** The shipped development signing key (public half), relative to the package root. NOT for production. */
 export const DEVELOPMENT_KEY = ['models', 'keys', 'DEVELOPMENT-ONLY-signing-key.pub.pem'] as const;
 
+/**
+ * Configs whose model.trustedKeys was left empty and so holds the shipped DEVELOPMENT-ONLY key implicitly:
+ * that key is trusted for the shipped bundle only, never for a model pushed by a rollout.
+ */
+const impliedDevelopmentKey = new WeakSet<object>();
+
+/** The keys a rollout may trust: model.trustedKeys as configured (empty when only the implied development key is there). */
+export function rolloutTrustedKeys(config: AgentConfig): string[] {
+  return impliedDevelopmentKey.has(config) ? [] : config.model.trustedKeys;
+}
+
 export class ConfigError extends Error {
   constructor(
     readonly problems: string[],
@@ -312,6 +323,7 @@ export function loadConfig(file: string | undefined, options: LoadOptions = {}):
   config.model.trustedKeys = config.model.trustedKeys.map((k) => path.resolve(cwd, expandVars(k, keyVars)));
   if (config.model.trustedKeys.length === 0 && shippedBundle) {
     config.model.trustedKeys = [shippedPath(...DEVELOPMENT_KEY)];
+    impliedDevelopmentKey.add(config);
   } else if (config.model.trustedKeys.length === 0 && !config.model.allowUnsigned) {
     problems.push('model.trustedKeys: list the public key(s) that sign this bundle (or set model.allowUnsigned: true, development only)');
   }

@@ -2,7 +2,7 @@ import { mkdtempSync, readdirSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ConfigError, envVariables, loadConfig, shippedPath } from '../../src/config/load.js';
+import { ConfigError, envVariables, loadConfig, rolloutTrustedKeys, shippedPath } from '../../src/config/load.js';
 
 function tmp(): string {
   return mkdtempSync(path.join(tmpdir(), 'cfg-'));
@@ -40,6 +40,19 @@ describe('device configs', () => {
     expect(config.doneDir).toBe(path.join(cwd, 'var', 'done'));
     expect(config.model.bundle).toBe(shippedPath('models', 'orientation-qa'));
     expect(config.deviceId).not.toBe('');
+  });
+
+  it('the implied DEVELOPMENT-ONLY key serves the shipped bundle but is never trusted for a rollout; a listed key is', () => {
+    const cwd = tmp();
+    const empty = path.join(cwd, 'empty.yaml');
+    writeFileSync(empty, 'model:\n  trustedKeys: []\n');
+    const { config } = loadConfig(empty, { env: {}, cwd });
+    expect(config.model.trustedKeys).toEqual([shippedPath('models', 'keys', 'DEVELOPMENT-ONLY-signing-key.pub.pem')]);
+    expect(rolloutTrustedKeys(config)).toEqual([]);
+    const file = path.join(cwd, 'listed.yaml');
+    writeFileSync(file, `model:\n  trustedKeys: [${shippedPath('models', 'keys', 'DEVELOPMENT-ONLY-signing-key.pub.pem')}]\n`);
+    const listed = loadConfig(file, { env: {}, cwd }).config;
+    expect(rolloutTrustedKeys(listed)).toEqual(listed.model.trustedKeys);
   });
 
   it('the GPU boxes prefer GPU/NPU providers and end on cpu', () => {
