@@ -2,12 +2,13 @@
  * bench/quantize: edge-quantize vs PyTorch's own post-training quantization on the shipped orientation-qa
  * model, same calibration set, same held-out evaluation, same ONNX Runtime (a benchmark, not a test).
  *
- *   npm run build && npm run bench:quantize [-- --methods minmax,percentile,entropy --runs 300 --threads 1,2]
+ *   npm run build && npm run bench:quantize [-- --methods minmax,percentile,entropy,minmax-int8act,dynamic --runs 300 --threads 1]
  *
  * 1. image folders from the training cache (quantize/make_sets.py, if missing): 256 train-split slices
  *    for calibration, the 230 held-out test-split slices (x4 rotations = 920 cases) for evaluation;
  * 2. edge-quantize (library call, the same code as the CLI) on a temp copy of the bundle, once per
- *    calibration method (gate forced, so every method is measured; its verdict is kept in the JSON);
+ *    variant: each calibration method with uint8 activations, min-max with int8 activations, dynamic
+ *    (gate forced, so every variant is measured; its verdict is kept in the JSON);
  * 3. models/training/ptq_reference.py: PyTorch 1.13 FX PTQ (engine onednn, per-channel int8 weights,
  *    HistogramObserver activations) on the same calibration folder, exported to ONNX;
  * 4. accuracy and label agreement of every int8 model against fp32 on the evaluation set (ORT, graph
@@ -38,9 +39,11 @@ const SETS = path.join(ROOT, 'models', 'training', '.cache', 'quantize');
 
 const { values: args } = parseArgs({
   options: {
-    methods: { type: 'string', default: 'minmax,percentile,entropy' },
+    // variants: a calibration method (static, uint8 activations), `<method>-int8act` (int8
+    // activations) or `dynamic`
+    methods: { type: 'string', default: 'minmax,percentile,entropy,minmax-int8act,dynamic' },
     runs: { type: 'string', default: '300' },
-    threads: { type: 'string', default: '1,2' },
+    threads: { type: 'string', default: '1' },
     engine: { type: 'string', default: 'onednn' },
   },
 });
@@ -69,7 +72,7 @@ async function main(): Promise<void> {
   const ort: typeof OrtTypes = loadOrtModule();
   const runs = Number(args.runs);
   const threads = (args.threads ?? '1').split(',').map(Number);
-  const methods = (args.methods ?? 'minmax').split(',') as CalibrationMethod[];
+  const methods = (args.methods ?? 'minmax').split(',');
 
   // 2. edge-quantize, one model per method
   const edge: Record<string, { report: QuantizeReport; file: string }> = {};
@@ -81,7 +84,9 @@ async function main(): Promise<void> {
       calibration,
       eval: evalDir,
       evalLayout: 'rotate',
-      method,
+      mode: method === 'dynamic' ? 'dynamic' : 'static',
+      method: (method === 'dynamic' ? 'minmax' : method.replace(/-int8act$/, '')) as CalibrationMethod,
+      activations: method.endsWith('-int8act') ? 'int8' : 'uint8',
       keepFp32: [],
       latencyRuns: 100,
       force: true,
