@@ -37,7 +37,10 @@ describe.skipIf(!built || !python3Available)('systemd/install.sh with a release 
     expect(files).toContain('dist/agent/cli.js');
     expect(files).toContain('systemd/imaging-edge-agent.service');
     expect(files).toContain('models/orientation-qa/model.onnx');
-    expect(files.filter((f) => /^(tests|bench|models\/training|src)\//.test(f) || /signing-key\.pem$/.test(f))).toEqual([]);
+    // No sources, tests, training code or private keys; the central console's static web files are the
+    // one part of src/ that ships as is (HTML/JS/CSS served by edge-central, nothing to compile).
+    expect(files.filter((f) => (/^(tests|bench|models\/training|src)\//.test(f) && !/^src\/central\/console\/[\w.-]+\.(html|js|css)$/.test(f)) || /signing-key\.pem$/.test(f))).toEqual([]);
+    expect(files).toContain('src/central/console/index.html');
 
     const root = path.join(work, 'root');
     mkdirSync(root);
