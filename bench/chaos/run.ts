@@ -5,7 +5,7 @@
  *   npm run build && node dist/bench/chaos/run.js [scenarios] [--iterations N] [--seed S] ...
  *
  * Scenarios (default: all): kill9, store, broker, broker-nopersist, diskfull, fuzz.
- *   --iterations N   kill9: SIGKILLs (default 100); --max-attempts N: the agent's ingest.maxAttempts (default 10)
+ *   --iterations N   kill9: SIGKILLs (default 100); --max-attempts N: the agent's ingest.maxAttempts (default 100)
  *   --store-kills N  store: writer kills (default 200); --snapshots N (default 50)
  *   --restarts N     broker: mosquitto restarts (default 20)
  *   --fuzz-cases N   fuzz: mutated files (default 10000); --fuzz-timeout-ms T (the decode limit, default 5000)
@@ -32,7 +32,7 @@ const { values, positionals } = parseArgs({
   allowPositionals: true,
   options: {
     iterations: { type: 'string', default: '100' },
-    'max-attempts': { type: 'string', default: '10' },
+    'max-attempts': { type: 'string', default: '100' },
     'store-kills': { type: 'string', default: '200' },
     snapshots: { type: 'string', default: '50' },
     restarts: { type: 'string', default: '20' },
