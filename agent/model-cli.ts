@@ -7,7 +7,7 @@ import type { Command } from 'commander';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { ConfigError, loadConfig } from '../src/config/load.js';
-import { BundleError, loadBundle, selectModelFile } from '../src/models/bundle.js';
+import { BundleError, loadBundle, modelFiles } from '../src/models/bundle.js';
 import type { LoadedBundle } from '../src/models/types.js';
 import { runGolden, type GoldenResult } from '../src/models/golden.js';
 import { PackError, packBundle, unpackBundle } from '../src/models/pack.js';
@@ -21,7 +21,7 @@ import {
   verifyManifestSignature,
   type SignatureStatus,
 } from '../src/models/signature.js';
-import { getRuntime } from '../src/runtimes/registry.js';
+import { getRuntime, runtimeRegistry } from '../src/runtimes/registry.js';
 
 function die(message: string, code = 1): never {
   process.stderr.write(`edge-agent: ${message}\n`);
@@ -39,7 +39,9 @@ interface VerifyReport {
   version?: string;
   trustedKeys: string[];
   signature?: SignatureStatus;
-  golden: GoldenResult[];
+  golden: (GoldenResult & { file: string })[];
+  /** Model files whose golden check could not run on this machine (runtime unavailable). */
+  skipped: { file: string; reason: string }[];
   problems: { check: string; code: string; message: string }[];
 }
 
@@ -52,11 +54,14 @@ async function verifyBundle(dir: string, opts: { key?: string[]; config?: string
     throw e;
   }
   const keyFiles = opts.key?.length ? opts.key.map((k) => path.resolve(k)) : config.model.trustedKeys;
-  const report: VerifyReport = { bundle: dir, ok: false, trustedKeys: keyFiles, golden: [], problems: [] };
+  const report: VerifyReport = { bundle: dir, ok: false, trustedKeys: keyFiles, golden: [], skipped: [], problems: [] };
   const problem = (check: string, err: unknown): void => {
-    if (err instanceof BundleError) {
-      for (const p of err.problems) report.problems.push({ check, code: err.code, message: p });
-    } else report.problems.push({ check, code: 'error', message: messageOf(err) });
+    const add = (code: string, message: string): void => {
+      // One problem shared by several model files (e.g. a missing golden input) is listed once.
+      if (!report.problems.some((x) => x.check === check && x.code === code && x.message === message)) report.problems.push({ check, code, message });
+    };
+    if (err instanceof BundleError) for (const p of err.problems) add(err.code, p);
+    else add('error', messageOf(err));
   };
 
   // 1. signature over the exact manifest bytes
@@ -79,27 +84,37 @@ async function verifyBundle(dir: string, opts: { key?: string[]; config?: string
   } catch (e) {
     problem(e instanceof BundleError && (e.code === 'invalid-manifest' || e.code === 'bad-json') ? 'schema' : 'files', e);
   }
-  // 3. golden inputs through the runtime the config would serve with
+  // 3. golden inputs through every model file the bundle carries (format x precision), each in the
+  //    runtime of its format: a device may serve any of them (model.runtime auto / preference list).
   if (bundle && opts.golden) {
-    try {
-      const file = selectModelFile(bundle, 'onnx');
-      const session = await getRuntime('onnx').load(path.join(bundle.dir, file.path), { // the onnx file, so the onnx runtime
-        providers: config.model.providers,
-        intraOpThreads: config.model.intraOpThreads,
-        interOpThreads: config.model.interOpThreads,
-        graphOptimization: config.model.graphOptimization,
-      });
-      try {
-        report.golden = await runGolden(bundle, file, session);
-        for (const g of report.golden.filter((r) => !r.ok)) {
-          report.problems.push({ check: 'golden', code: 'golden-mismatch', message: `golden '${g.name}': ${g.problem ?? 'mismatch'}` });
-        }
-        if (!report.golden.length) report.problems.push({ check: 'golden', code: 'golden-mismatch', message: 'bundle has no golden inputs for its onnx model' });
-      } finally {
-        await session.dispose();
+    for (const file of modelFiles(bundle)) {
+      const runtime = file.format; // runtime types are named after the formats they load
+      const label = `${file.path} (${runtime}/${file.precision})`;
+      const probe = await runtimeRegistry().probe(runtime);
+      if (!probe.available) {
+        report.skipped.push({ file: file.path, reason: `runtime '${runtime}' unavailable here: ${probe.reason ?? 'unknown'}` });
+        continue;
       }
-    } catch (e) {
-      problem('golden', e);
+      try {
+        const session = await getRuntime(runtime).load(path.join(bundle.dir, file.path), {
+          providers: config.model.providers,
+          intraOpThreads: config.model.intraOpThreads,
+          interOpThreads: config.model.interOpThreads,
+          graphOptimization: config.model.graphOptimization,
+        });
+        try {
+          const results = (await runGolden(bundle, file, session)).map((g) => ({ ...g, file: file.path }));
+          report.golden.push(...results);
+          for (const g of results.filter((r) => !r.ok)) {
+            report.problems.push({ check: 'golden', code: 'golden-mismatch', message: `${label}: golden '${g.name}': ${g.problem ?? 'mismatch'}` });
+          }
+          if (!results.length) report.problems.push({ check: 'golden', code: 'golden-mismatch', message: `${label}: no golden inputs apply to this file` });
+        } finally {
+          await session.dispose();
+        }
+      } catch (e) {
+        problem('golden', e instanceof BundleError ? e : new Error(`${label}: ${messageOf(e)}`));
+      }
     }
   }
   report.ok = report.problems.length === 0;
@@ -183,7 +198,8 @@ export function registerModelCommands(program: Command): void {
         const out: string[] = [`bundle ${dir}${r.id ? `: ${r.id} ${r.version ?? ''}` : ''}`];
         if (r.signature) out.push(r.signature.signed ? `  ok   signature: key ${r.signature.keyId ?? '?'} (${r.signature.keySource ?? '?'})` : '  ok   signature: unsigned (allowed)');
         if (r.id) out.push('  ok   schema, paths, sizes and sha256 of every file');
-        for (const g of r.golden.filter((x) => x.ok)) out.push(`  ok   golden '${g.name}': max abs diff ${g.maxAbsDiff.toPrecision(3)} <= ${g.tolerance}`);
+        for (const g of r.golden.filter((x) => x.ok)) out.push(`  ok   golden ${g.file} '${g.name}': max abs diff ${g.maxAbsDiff.toPrecision(3)} <= ${g.tolerance}`);
+        for (const k of r.skipped) out.push(`  skip golden ${k.file}: ${k.reason}`);
         process.stdout.write(out.join('\n') + '\n');
         for (const p of r.problems) process.stderr.write(`edge-agent: ${dir}: ${p.check}: ${p.code}: ${p.message}\n`);
         process.stdout.write(r.ok ? 'verified: OK\n' : `REJECTED: ${r.problems.length} problem(s)\n`);

@@ -63,7 +63,10 @@ describe('edge-agent model verify', () => {
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(/ok {3}signature: key [0-9a-f]{16} \(.*DEVELOPMENT-ONLY-signing-key\.pub\.pem\)/);
-    expect(r.stdout).toMatch(/ok {3}golden '[^']+': max abs diff/);
+    // Every model file the bundle carries is golden-checked in its own runtime.
+    for (const file of ['model.onnx', 'model_int8.onnx', 'tfjs/model.json', 'tflite/model_fp32.tflite', 'tflite/model_int8.tflite']) {
+      expect(r.stdout).toMatch(new RegExp(`ok {3}golden ${file.replace(/\./g, '\\.')} '[^']+': max abs diff`));
+    }
     expect(r.stdout).toMatch(/verified: OK\n$/);
   });
 
@@ -123,7 +126,7 @@ describe('edge-agent model verify', () => {
         m.golden[0]!.logits[2] = -(m.golden[0]!.logits[2] as number) - 1;
         await writeSigned(dir, m);
       },
-      /golden: golden-mismatch: golden '[^']+': max abs diff \S+ > tolerance/,
+      /golden: golden-mismatch: \S+ \((onnx|tfjs|tflite)\/(fp32|int8)\): golden '[^']+': max abs diff \S+ > tolerance/,
     ],
     [
       'a golden mismatch (different weights, re-hashed, re-signed)',
@@ -140,7 +143,7 @@ describe('edge-agent model verify', () => {
         }
         await writeSigned(dir, m);
       },
-      /golden: golden-mismatch: golden '[^']+': max abs diff \S+ > tolerance/,
+      /golden: golden-mismatch: \S+ \((onnx|tfjs|tflite)\/(fp32|int8)\): golden '[^']+': max abs diff \S+ > tolerance/,
     ],
   ];
 
