@@ -13,7 +13,7 @@
  *
  *   node dist/bench/chaos/fuzz-worker.js SEEDS_DIR RUN_SEED FROM TO [DECODE_TIMEOUT_MS]
  */
-import { readdirSync, readFileSync, writeSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { defaultDecodeOptions, DecodeError } from '../../src/decode/index.js';
 import { DecodePool } from '../../src/decode/pool.js';
@@ -21,6 +21,7 @@ import { preprocess, PreprocessError } from '../../src/preprocess/index.js';
 import type { ModelInputSpec } from '../../src/models/types.js';
 import { loadSeed, mutate } from '../../tests/chaos/fuzz/mutate.js';
 import { caseRng } from '../../tests/chaos/fuzz/rng.js';
+import { writeLine } from './line-out.js';
 
 const [seedsDir, runSeedArg, fromArg, toArg, timeoutArg] = process.argv.slice(2);
 if (!seedsDir || !runSeedArg || !fromArg || !toArg) {
@@ -35,9 +36,7 @@ const seeds = readdirSync(seedsDir)
 const spec = (JSON.parse(readFileSync(path.resolve('models/orientation-qa/manifest.json'), 'utf8')) as { input: ModelInputSpec }).input;
 const opts = defaultDecodeOptions();
 const pool = new DecodePool({ size: 1, timeoutMs: Number(timeoutArg ?? 5000) });
-const out = (line: string): void => {
-  writeSync(1, line + '\n');
-};
+const out = writeLine;
 const oneLine = (s: string): string => s.replace(/\s+/g, ' ').slice(0, 300);
 
 for (let i = Number(fromArg); i < Number(toArg); i++) {

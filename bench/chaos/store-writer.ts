@@ -16,8 +16,8 @@
  * byte is then a state a power cut can leave (with NORMAL, the WAL is fsynced only at checkpoints).
  */
 import { createHash } from 'node:crypto';
-import { writeSync } from 'node:fs';
 import { StateStore } from '../../src/store/index.js';
+import { writeLine } from './line-out.js';
 
 const [dir, mode = 'agent'] = process.argv.slice(2);
 if (!dir) {
@@ -26,9 +26,7 @@ if (!dir) {
 }
 const store = StateStore.open(dir);
 if (mode === 'torn') store.db.pragma('wal_autocheckpoint = 0');
-const out = (line: string): void => {
-  writeSync(1, line + '\n');
-};
+const out = writeLine;
 store.outbox.onJobPublished = (hash) => out(`published ${hash}`);
 
 // Continue the numbering of an earlier (killed) run on the same store.
