@@ -215,7 +215,9 @@ async function main(): Promise<void> {
     isolation: isolation(0),
   });
   const auto = plan.order[0];
-  const autoKey = auto ? `${auto.runtime}/${auto.precision} t${auto.threads ?? defaultThreads} w${defaultWorkerCount}` : undefined;
+  // A thread variant serves with cores / threads workers when workers are left to the agent (classifier.ts).
+  const autoWorkers = auto?.threads ? Math.max(1, Math.floor(os.availableParallelism() / auto.threads)) : defaultWorkerCount;
+  const autoKey = auto ? `${auto.runtime}/${auto.precision} t${auto.threads ?? defaultThreads} w${autoWorkers}` : undefined;
   const autoRow = withRatios.find((r) => r.key === autoKey);
   const fastestLatency = [...withRatios].sort((a, b) => a.p50 - b.p50)[0];
   const fastestThroughput = [...withRatios].sort((a, b) => b.imagesPerSec - a.imagesPerSec)[0];
