@@ -26,9 +26,9 @@
  * overrides are written back, the agent restarts (exit 75), and once connected it publishes a
  * `config-reverted` error naming the settings (BrokerSettingsGuard).
  */
-import { randomBytes } from 'node:crypto';
+import { writeFileAtomic as writeAtomic } from '../store/atomic-file.js';
 import { readFileSync } from 'node:fs';
-import { open, rename, unlink } from 'node:fs/promises';
+import { unlink } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { ConfigError, OVERRIDES_FILE, leafPaths, mergeDeep, redactConfig, type LoadedConfig } from '../config/load.js';
@@ -144,28 +144,9 @@ export function changedSettings(a: AgentConfig, b: AgentConfig): string[] {
   return settingPaths().filter((p) => JSON.stringify(get(a, p)) !== JSON.stringify(get(b, p)));
 }
 
-/** Writes `data` to `file` so that a crash leaves the old content or the new one. */
-export async function writeFileAtomic(file: string, data: string): Promise<void> {
-  const tmp = path.join(path.dirname(file), `.${path.basename(file)}.${randomBytes(4).toString('hex')}.tmp`);
-  const fh = await open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, file);
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined);
-    throw err;
-  }
-  const dir = await open(path.dirname(file), 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
+/** Config overrides may carry secrets: new files are 0600. */
+export function writeFileAtomic(file: string, data: string): Promise<void> {
+  return writeAtomic(file, data, 0o600);
 }
 
 export interface ConfigStoreOptions {

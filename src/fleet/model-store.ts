@@ -17,8 +17,9 @@
  * Pruning keeps the `keep` most recently installed versions and never deletes the active or the previous
  * one (the rollback target).
  */
+import { fsyncDir, writeFileAtomic } from '../store/atomic-file.js';
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { unpackBundle } from '../models/pack.js';
 
@@ -72,38 +73,6 @@ export function sameRef(a: ModelRef | null | undefined, b: ModelRef | null | und
 
 export function refString(r: ModelRef): string {
   return `${r.id}@${r.version}`;
-}
-
-/** Writes `file` atomically and durably: temp file in the same dir, fsync, rename, fsync of the dir. */
-export async function writeFileAtomic(file: string, data: string): Promise<void> {
-  const dir = path.dirname(file);
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
-  const fh = await open(tmp, 'w', 0o644);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, file);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
-  }
-  await fsyncDir(dir);
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const d = await open(dir, 'r').catch(() => undefined);
-  if (!d) return;
-  try {
-    await d.sync();
-  } catch {
-    // some filesystems refuse fsync on a directory; the rename is still atomic
-  } finally {
-    await d.close();
-  }
 }
 
 async function readJson<T>(file: string): Promise<T | undefined> {

@@ -8,7 +8,8 @@ import { mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:f
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { ModelStore, ModelStoreError, writeFileAtomic } from '../../src/fleet/model-store.js';
+import { ModelStore, ModelStoreError } from '../../src/fleet/model-store.js';
+import { writeFileAtomic } from '../../src/store/atomic-file.js';
 import { loadBundle, BundleError } from '../../src/models/bundle.js';
 import { loadTrustedKeys, signatureCheck } from '../../src/models/signature.js';
 import { DEV_PUBLIC, makeVersion, packTar, type PackedBundle } from './helpers.js';
