@@ -8,9 +8,9 @@
  *   runtime, precisions in `model.precision` order. With `precision: auto` and both precisions of a
  *   runtime in the bundle, those two are benchmarked and int8 goes first only where it is faster.
  * - `auto`: a short on-device benchmark of every candidate the bundle carries (each opened the way it
- *   will serve: same runtime options, same isolation; golden-checked; then N batch-1 runs of the golden
- *   input, interleaved round-robin across candidates so a noisy neighbour slows all of them alike, within
- *   a small time budget). Candidates are ordered by median latency; that order is also the fallback order.
+ *   will serve: same runtime options, same isolation; golden-checked; then batch-1 runs of the golden
+ *   input in blocks of back-to-back calls, candidates in turn so a noisy neighbour slows all of them
+ *   alike, within a small time budget). Candidates are ordered by median latency; that order is also the fallback order.
  *
  * int8 is put ahead of fp32 of the same runtime only when it is at least INT8_MARGIN faster: a tie goes to
  * fp32 (no accuracy cost). When int8 loses, the report carries a note such as
@@ -48,6 +48,8 @@ export const PRECISIONS: readonly Precision[] = ['int8', 'fp32'];
 export const INT8_MARGIN = 0.05;
 export const CACHE_FILE = 'runtime-selection.json';
 const MAX_CACHE_ENTRIES = 256;
+/** Back-to-back calls per candidate per benchmark round. */
+const BENCH_BLOCK = 5;
 
 export interface Candidate {
   runtime: string;
@@ -381,8 +383,9 @@ interface Measured {
 }
 
 /**
- * Opens every candidate (golden-checked), warms each, then times batch-1 runs of its golden input,
- * round-robin across candidates, until `budgetMs` of timed runs or maxRuns each. Sessions are disposed.
+ * Opens every candidate (golden-checked), warms each, then times batch-1 runs of its golden input in
+ * blocks of BENCH_BLOCK calls, candidates in turn, until `budgetMs` of timed runs or maxRuns each.
+ * Sessions are disposed.
  */
 export async function benchmarkCandidates(
   bundle: LoadedBundle,
@@ -422,14 +425,19 @@ export async function benchmarkCandidates(
     const budget = opts.budgetMs ?? 2000;
     const start = performance.now();
     const failed = new Set<Candidate>();
-    for (let round = 0; round < maxRuns; round++) {
-      if (round >= minRuns && performance.now() - start > budget) break;
+    // Blocks of back-to-back calls, candidates in turn: rounds spread a noisy neighbour over all of them,
+    // blocks keep a runtime's thread pool warm as when files arrive together (call-by-call interleaving
+    // let ORT's pool go idle between calls and favoured 1 thread; bench/runtimes 07:04).
+    for (let done = 0; done < maxRuns; done += BENCH_BLOCK) {
+      if (done >= minRuns && performance.now() - start > budget) break;
       for (const o of open) {
         if (failed.has(o.c)) continue;
         try {
-          const t0 = performance.now();
-          await o.session.run(o.input.data, o.input.shape);
-          o.times.push(performance.now() - t0);
+          for (let i = 0; i < BENCH_BLOCK; i++) {
+            const t0 = performance.now();
+            await o.session.run(o.input.data, o.input.shape);
+            o.times.push(performance.now() - t0);
+          }
         } catch (e) {
           failed.add(o.c);
           out.set(o.c, { provider: o.session.provider, attempts: o.session.attempts, status: 'excluded', reason: `failed while benchmarked: ${reasonOf(e)}` });
