@@ -75,33 +75,8 @@ export async function decodePng16(file: string): Promise<ImageFrame> {
   return { index: 0, width: info.width, height: info.height, channels: 1, data: out };
 }
 
-/** Counter-clockwise rotation by k*90 degrees, identical to numpy.rot90(img, k) on an HxWxC frame. */
-export function rot90(frame: ImageFrame, k: number): ImageFrame {
-  const kk = ((k % 4) + 4) % 4;
-  if (kk === 0) return frame;
-  const { width: W, height: H, channels: C, data } = frame;
-  const outW = kk === 2 ? W : H;
-  const outH = kk === 2 ? H : W;
-  const out = new Float32Array(data.length);
-  for (let i = 0; i < outH; i++) {
-    for (let j = 0; j < outW; j++) {
-      let si: number;
-      let sj: number;
-      if (kk === 1) {
-        si = j;
-        sj = W - 1 - i;
-      } else if (kk === 2) {
-        si = H - 1 - i;
-        sj = W - 1 - j;
-      } else {
-        si = H - 1 - j;
-        sj = i;
-      }
-      for (let c = 0; c < C; c++) out[(i * outW + j) * C + c] = data[(si * W + sj) * C + c] as number;
-    }
-  }
-  return { ...frame, width: outW, height: outH, data: out };
-}
+/** Counter-clockwise rotation by k*90 degrees, identical to numpy.rot90(img, k): the quantize tool's own (its evaluation labels by construction). */
+export { rot90 } from '../../quantize/dataset.js';
 
 export function argmax(v: ArrayLike<number>): number {
   let best = 0;
