@@ -164,7 +164,7 @@ export const configSchema = {
         queueCapacity: { type: 'integer', minimum: 1, maximum: 100000, default: 64, description: 'jobs held in memory; beyond it intake pauses' },
         maxFileBytes: { type: 'integer', minimum: 1024, default: 2147483648 },
         afterPublish: { type: 'string', enum: ['move', 'delete'], default: 'move' },
-        maxAttempts: { type: 'integer', minimum: 1, maximum: 100, default: 3, description: 'tries before a file is quarantined' },
+        maxAttempts: { type: 'integer', minimum: 1, maximum: 100, default: 3, description: 'tries before a file is quarantined (too-many-attempts / processing-failed). A file whose try did not finish runs alone next; an agent death counts against it only then, so a kill while several files run costs none of them a try' },
       },
     },
     decode: {

@@ -89,6 +89,8 @@ export class Pipeline {
   private readonly hashing = new Set<string>();
   private readonly pathsInFlight = new Set<string>();
   private running = 0;
+  /** A suspect job (an earlier attempt unfinished) is running; nothing else starts until it ends. */
+  private soloRunning = false;
   private stopping = false;
   private refused = false;
   private idleWaiters: (() => void)[] = [];
@@ -251,12 +253,21 @@ export class Pipeline {
     this.pump();
   }
 
+  /**
+   * Starts queued jobs up to `concurrency`. A job whose earlier attempt did not finish (the agent died with
+   * it in flight, or it failed and is retried) is a suspect: it runs alone, after the running jobs and
+   * before any other, so that if the agent dies again the file is the only candidate (Journal soloAttempts).
+   */
   private pump(): void {
-    while (!this.stopping && this.running < this.opts.concurrency && this.queue.length > 0) {
-      const hash = this.queue.shift()!;
+    while (!this.stopping && !this.soloRunning && this.running < this.opts.concurrency && this.queue.length > 0) {
+      const hash = this.queue[0]!;
+      const solo = (this.store.journal.get(hash)?.attempts ?? 0) > 0;
+      if (solo && this.running > 0) return; // pumped again as each running job ends
+      this.queue.shift();
       this.running++;
+      this.soloRunning = solo;
       this.stats.running = this.running;
-      void this.runJob(hash)
+      void this.runJob(hash, solo)
         .catch((err: unknown) => {
           // Only the journal itself failing gets here; the job stays unfinished and resumes at next start
           // (or, when the disk was full, once space returns: enterStoreFull).
@@ -265,6 +276,7 @@ export class Pipeline {
           return false;
         })
         .then((retry) => {
+          if (solo) this.soloRunning = false;
           this.running--;
           this.stats.running = this.running;
           if (retry && !this.stopping) this.queue.push(hash);
@@ -289,16 +301,18 @@ export class Pipeline {
   }
 
   /** Runs one job; never throws. Returns true when the job should be tried again. */
-  private async runJob(hash: string): Promise<boolean> {
+  private async runJob(hash: string, solo = false): Promise<boolean> {
     const job = this.store.journal.get(hash);
     if (!job || (job.state !== 'queued' && job.state !== 'decoded')) return false;
     const log = this.log.child({ file: await this.shownName(job), hash: hash.slice(0, 12) });
     // An attempt counts from when work can start: a kill while the decoders still load (right after a
     // restart) is no evidence against the file.
     await this.decoder.ready();
-    const attempts = this.store.journal.beginAttempt(hash);
-    if (attempts > this.opts.maxAttempts) {
-      await this.quarantine(job, 'too-many-attempts', `processing failed or was interrupted ${attempts - 1} times`, 'pipeline');
+    // Interrupted runs count against the file only when it ran alone (a kill while several jobs ran
+    // proves nothing about any of them); failures this process saw count in the catch below.
+    const { attempts, soloAttempts } = this.store.journal.beginAttempt(hash, solo);
+    if (soloAttempts > this.opts.maxAttempts) {
+      await this.quarantine(job, 'too-many-attempts', `processing failed or was interrupted ${attempts - 1} times, ${soloAttempts - 1} of them while it ran alone`, 'pipeline');
       return false;
     }
     const t0 = performance.now();

@@ -15,7 +15,7 @@ import { AUDIT_SCHEMA } from './audit.js';
 
 export type Db = Database.Database;
 
-const SCHEMA_VERSION = 2;
+const SCHEMA_VERSION = 3;
 
 const MIGRATIONS: string[] = [
   `CREATE TABLE jobs (
@@ -47,6 +47,9 @@ const MIGRATIONS: string[] = [
    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);`,
   // 2: append-only audit log (src/store/audit.ts).
   AUDIT_SCHEMA,
+  // 3: attempts begun while the job ran alone (the pipeline runs a job whose earlier attempt did not
+  // finish on its own: only a death then is evidence against the file; src/pipeline/pipeline.ts).
+  `ALTER TABLE jobs ADD COLUMN solo_attempts INTEGER NOT NULL DEFAULT 0;`,
 ];
 
 export function openDatabase(stateDir: string, fileName = 'agent.db'): Db {

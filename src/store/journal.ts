@@ -19,6 +19,8 @@ export interface Job {
   size: number;
   state: JobState;
   attempts: number;
+  /** Attempts begun while no other job ran (see Pipeline: a suspect job runs alone). */
+  soloAttempts: number;
   errorCode: string | null;
   error: string | null;
   modality: string | null;
@@ -36,6 +38,7 @@ interface JobRow {
   size: number;
   state: JobState;
   attempts: number;
+  solo_attempts: number;
   error_code: string | null;
   error: string | null;
   modality: string | null;
@@ -54,6 +57,7 @@ function toJob(r: JobRow): Job {
     size: r.size,
     state: r.state,
     attempts: r.attempts,
+    soloAttempts: r.solo_attempts,
     errorCode: r.error_code,
     error: r.error,
     modality: r.modality,
@@ -127,7 +131,7 @@ export class Journal {
       if (existing.state === 'failed') {
         this.db
           .prepare(
-            "UPDATE jobs SET state = 'queued', name = ?, path = ?, size = ?, attempts = 0, error = NULL, error_code = NULL, finalized = 0, updated_at = ? WHERE hash = ?",
+            "UPDATE jobs SET state = 'queued', name = ?, path = ?, size = ?, attempts = 0, solo_attempts = 0, error = NULL, error_code = NULL, finalized = 0, updated_at = ? WHERE hash = ?",
           )
           .run(file.name, file.path, file.size, t, file.hash);
         return { outcome: 'retry' as const, job: this.get(file.hash)! };
@@ -142,10 +146,14 @@ export class Journal {
     })();
   }
 
-  /** Counts a processing attempt before it starts, so a file that kills the process is not retried forever. */
-  beginAttempt(hash: string): number {
-    this.q('UPDATE jobs SET attempts = attempts + 1, updated_at = ? WHERE hash = ?').run(this.now(), hash);
-    return this.get(hash)?.attempts ?? 0;
+  /**
+   * Counts a processing attempt before it starts, so a file that kills the process is not retried forever;
+   * `solo`: no other job runs beside this one (counted apart: only a death then points at this file).
+   */
+  beginAttempt(hash: string, solo = false): { attempts: number; soloAttempts: number } {
+    this.q('UPDATE jobs SET attempts = attempts + 1, solo_attempts = solo_attempts + ?, updated_at = ? WHERE hash = ?').run(solo ? 1 : 0, this.now(), hash);
+    const job = this.get(hash);
+    return { attempts: job?.attempts ?? 0, soloAttempts: job?.soloAttempts ?? 0 };
   }
 
   markDecoded(hash: string, info: { modality: string; frames: number }): void {
@@ -194,7 +202,7 @@ export class Journal {
   reopen(hash: string, path: string): boolean {
     const t = this.now();
     const r = this.q(
-      "UPDATE jobs SET state = 'queued', path = ?, attempts = 0, error = NULL, error_code = NULL, finalized = 0, results = 0, created_at = ?, updated_at = ? WHERE hash = ? AND state IN ('published','failed')",
+      "UPDATE jobs SET state = 'queued', path = ?, attempts = 0, solo_attempts = 0, error = NULL, error_code = NULL, finalized = 0, results = 0, created_at = ?, updated_at = ? WHERE hash = ? AND state IN ('published','failed')",
     ).run(path, t, t, hash);
     return r.changes === 1;
   }
