@@ -9,13 +9,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, describe, expect, it } from 'vitest';
-import { defaultDecodeOptions } from '../../src/decode/index.js';
 import type { ImageFrame } from '../../src/decode/types.js';
 import { shippedPath } from '../../src/config/load.js';
 import { BundleClassifier, type Classifier, type ClassifyOutput } from '../../src/pipeline/classifier.js';
-import { hashFile, Pipeline } from '../../src/pipeline/pipeline.js';
+import { hashFile } from '../../src/pipeline/pipeline.js';
 import { StateStore } from '../../src/store/index.js';
-import { testLogger } from '../mqtt/util.js';
+import { testPipeline } from './helpers.js';
 
 const cleanup: (() => Promise<void> | void)[] = [];
 afterAll(async () => {
@@ -93,26 +92,7 @@ describe('attempts: an agent death counts against a file only when the file ran 
     setAttempts.run(4, 3, hashes.get('killer.png'));
 
     const failures: string[] = [];
-    const pipeline = new Pipeline(
-      {
-        deviceId: 'dev',
-        inbox,
-        doneDir: path.join(root, 'done'),
-        quarantineDir: path.join(root, 'quarantine'),
-        afterPublish: 'move',
-        queueCapacity: 64,
-        concurrency: 2,
-        maxAttempts: 3,
-        maxFileBytes: 1 << 30,
-        decode: defaultDecodeOptions(),
-        privacy: { allowUids: false, salt: 'salt' },
-        topics: { result: 'imaging/dev/result', error: 'imaging/dev/error' },
-      },
-      store,
-      classifier,
-      testLogger(),
-      { onFailure: (code) => failures.push(code) },
-    );
+    const pipeline = testPipeline(root, inbox, store, classifier, failures);
     cleanup.push(() => pipeline.stop());
     await pipeline.recover();
     await pipeline.idle();

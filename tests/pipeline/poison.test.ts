@@ -10,17 +10,15 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { afterAll, describe, expect, it } from 'vitest';
-import { defaultDecodeOptions } from '../../src/decode/index.js';
 import type { ImageFrame } from '../../src/decode/types.js';
 import type { ModelInputSpec } from '../../src/models/types.js';
 import type { Classifier, ClassifyOutput } from '../../src/pipeline/classifier.js';
-import { Pipeline } from '../../src/pipeline/pipeline.js';
 import { activate } from '../../src/pipeline/result.js';
 import { preprocess } from '../../src/preprocess/index.js';
 import { FAULT_ENV, markFault } from '../../src/runtimes/worker/protocol.js';
 import { SupervisedSession } from '../../src/runtimes/worker/supervisor.js';
 import { StateStore } from '../../src/store/index.js';
-import { testLogger } from '../mqtt/util.js';
+import { testPipeline } from './helpers.js';
 
 const MODEL = path.resolve('tests/fixtures/runtimes/tiny-cnn.onnx');
 const SPEC: ModelInputSpec = {
@@ -88,26 +86,7 @@ describe('pipeline and a poison input', () => {
     const store = StateStore.open(path.join(root, 'state'));
     cleanup.push(() => store.close());
     const failures: string[] = [];
-    const pipeline = new Pipeline(
-      {
-        deviceId: 'dev',
-        inbox,
-        doneDir: path.join(root, 'done'),
-        quarantineDir: path.join(root, 'quarantine'),
-        afterPublish: 'move',
-        queueCapacity: 64,
-        concurrency: 2,
-        maxAttempts: 3,
-        maxFileBytes: 1 << 30,
-        decode: defaultDecodeOptions(),
-        privacy: { allowUids: false, salt: 'salt' },
-        topics: { result: 'imaging/dev/result', error: 'imaging/dev/error' },
-      },
-      store,
-      classifier,
-      testLogger(),
-      { onFailure: (code) => failures.push(code) },
-    );
+    const pipeline = testPipeline(root, inbox, store, classifier, failures);
     const names = ['a.png', 'b.png', 'poison.png', 'c.png', 'd.png', 'e.png'];
     for (const [i, n] of names.entries()) await png(path.join(inbox, n), n === 'poison.png' ? POISON_WIDTH : 64, i);
     for (const n of names) {
