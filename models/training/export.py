@@ -10,7 +10,6 @@ Usage: /usr/bin/python3 models/training/export.py [--ckpt .cache/model_128.pt] [
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -21,6 +20,7 @@ import onnx
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bundle_io import sha256, write_manifest  # noqa: E402
 from evaluate import evaluate, load_model  # noqa: E402
 from prep import preprocess, resize_stretch  # noqa: E402
 from train import CACHE, LABELS, RotationEquivariant, macs  # noqa: E402
@@ -56,14 +56,6 @@ def quantise_png(frame: np.ndarray, path: str) -> np.ndarray:
     q = np.round(np.clip(frame, 0, 1) * 65535).astype(np.uint16)
     Image.fromarray(q, mode='I;16').save(path)
     return (q.astype(np.float64) / 65535).astype(np.float32)
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_f32(path: str, a: np.ndarray) -> dict:
@@ -222,9 +214,7 @@ def main() -> None:
                         'foldA': fold_a},
         },
     }
-    with open(os.path.join(BUNDLE, 'manifest.json'), 'w') as f:
-        json.dump(manifest, f, indent=2)
-        f.write('\n')
+    write_manifest(os.path.join(BUNDLE, 'manifest.json'), manifest)
     print(f'wrote {BUNDLE}: test accuracy {test["accuracy"]:.4f}, val {val["accuracy"]:.4f}')
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import hashlib
 import json
 import os
 import sys
@@ -30,6 +29,9 @@ import sys
 import numpy as np
 import onnx
 from onnx import numpy_helper, shape_inference
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bundle_io import sha256, write_manifest  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, '..', '..'))
@@ -495,14 +497,6 @@ class Converter:
         self.out(n, node, r, x.dtype, 'NHWC' if nhwc else None)
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--bundle', default=os.path.join(ROOT, 'models', 'orientation-qa'))
@@ -547,9 +541,7 @@ def main() -> int:
         entries.append({'path': os.path.relpath(p, bundle).replace(os.sep, '/'), 'format': 'tfjs', 'precision': 'fp32',
                         'sha256': sha256(p), 'size': os.path.getsize(p)})
     manifest['files'] = [e for e in manifest['files'] if e['format'] != 'tfjs'] + entries
-    with open(manifest_path, 'w', encoding='utf-8') as f:
-        json.dump(manifest, f, indent=2)
-        f.write('\n')
+    write_manifest(manifest_path, manifest)
     ops = sorted({nd['op'] for nd in graph['nodes']})
     print(f'to_tfjs: {src_rel} -> {entries[0]["path"]} ({len(graph["nodes"])} nodes: {", ".join(ops)}) + '
           f'{entries[1]["path"]} ({len(weights_bin)} bytes); manifest files[] updated, re-sign the bundle')

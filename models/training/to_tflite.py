@@ -46,7 +46,6 @@ where they came from, is written into the int8 file's manifest provenance.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -57,6 +56,9 @@ import tempfile
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bundle_io import sha256, write_manifest  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, '..', '..'))
@@ -654,14 +656,6 @@ def minmax_ranges(graph: OnnxGraph, inputs: list[tuple[str, np.ndarray]]) -> dic
     return r
 
 
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 20), b''):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--bundle', default=os.path.join(ROOT, 'models', 'orientation-qa'))
@@ -766,9 +760,7 @@ def main() -> None:
         elif pending:
             files.append(pending.pop(0))
     manifest['files'] = files + pending
-    with open(mpath, 'w') as f:
-        json.dump(manifest, f, indent=2)
-        f.write('\n')
+    write_manifest(mpath, manifest)
     print(f'to_tflite: {os.path.relpath(mpath, ROOT)} lists {", ".join(e["path"] for e in entries)}; re-sign the bundle')
 
 
