@@ -1,6 +1,7 @@
 /**
- * Child process of the decode fuzzer (tests/chaos/fuzz/harness.ts): generates mutated DICOM cases
- * [from, to) deterministically from the run seed and runs each through the agent's decode path
+ * Child process of the decode fuzzer (tests/chaos/fuzz/harness.ts): generates mutated DICOM, PNG and
+ * JPEG cases [from, to) deterministically from the run seed (tests/chaos/fuzz/corpus.ts) and runs each
+ * through the agent's decode path
  * (DecodePool, the pipeline's decoder: decodeBuffer in a worker thread with a per-file limit, the agent's
  * default decode options; then preprocess of every frame to the shipped model's input spec, as the
  * classifier does). Reports on stdout, synchronously:
@@ -13,14 +14,13 @@
  *
  *   node dist/bench/chaos/fuzz-worker.js SEEDS_DIR RUN_SEED FROM TO [DECODE_TIMEOUT_MS]
  */
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { defaultDecodeOptions, DecodeError } from '../../src/decode/index.js';
 import { DecodePool } from '../../src/decode/pool.js';
 import { preprocess, PreprocessError } from '../../src/preprocess/index.js';
 import type { ModelInputSpec } from '../../src/models/types.js';
-import { loadSeed, mutate } from '../../tests/chaos/fuzz/mutate.js';
-import { caseRng } from '../../tests/chaos/fuzz/rng.js';
+import { corpusCase, loadCorpus } from '../../tests/chaos/fuzz/corpus.js';
 import { writeLine } from './line-out.js';
 
 const [seedsDir, runSeedArg, fromArg, toArg, timeoutArg] = process.argv.slice(2);
@@ -29,10 +29,7 @@ if (!seedsDir || !runSeedArg || !fromArg || !toArg) {
   process.exit(2);
 }
 const runSeed = Number(runSeedArg);
-const seeds = readdirSync(seedsDir)
-  .filter((f) => f.endsWith('.dcm'))
-  .sort()
-  .map((f) => loadSeed(f, new Uint8Array(readFileSync(path.join(seedsDir, f)))));
+const seeds = loadCorpus(seedsDir);
 const spec = (JSON.parse(readFileSync(path.resolve('models/orientation-qa/manifest.json'), 'utf8')) as { input: ModelInputSpec }).input;
 const opts = defaultDecodeOptions();
 const pool = new DecodePool({ size: 1, timeoutMs: Number(timeoutArg ?? 5000) });
@@ -40,9 +37,7 @@ const out = writeLine;
 const oneLine = (s: string): string => s.replace(/\s+/g, ' ').slice(0, 300);
 
 for (let i = Number(fromArg); i < Number(toArg); i++) {
-  const r = caseRng(runSeed, i);
-  const seed = seeds[i % seeds.length]!;
-  const { bytes, mutations } = mutate(seed, r);
+  const { seed, bytes, mutations } = corpusCase(seeds, runSeed, i);
   out(`begin ${i}`);
   const t0 = performance.now();
   let outcome = 'ok';

@@ -5,8 +5,17 @@
 import sharp, { type Metadata, type OutputInfo } from 'sharp';
 import { DecodeError, DecodedCapture } from './types.js';
 
+/**
+ * Largest PNG/JPEG accepted, in pixels (8192 x 8192; ~0.8 GB of float frame for RGB). The header decides
+ * how much the decoder allocates, not the file size: the fuzzer's 5 KB JPEG with a SOF claiming
+ * 16000 x 16000 decoded "ok" (libjpeg fills the missing scan) into 3.8 GB of RSS. sharp's own limit
+ * (0x3FFF squared) would still let that through.
+ */
+export const MAX_RASTER_PIXELS = 8192 * 8192;
+
 function imageError(kind: 'png' | 'jpeg', e: unknown): DecodeError {
   const msg = e instanceof Error ? e.message : String(e);
+  if (/exceeds pixel limit/i.test(msg)) return new DecodeError('too-large', `${kind.toUpperCase()} is over the ${MAX_RASTER_PIXELS}-pixel limit: ${msg}`);
   const truncated = /premature|truncat|unexpected end|end of (file|stream|data)|not enough|short read/i.test(msg);
   return new DecodeError(truncated ? 'truncated' : 'corrupt', `${kind.toUpperCase()} cannot be decoded: ${msg}`);
 }
@@ -15,15 +24,19 @@ export async function decodeRasterImage(bytes: Uint8Array, kind: 'png' | 'jpeg')
   let meta: Metadata;
   try {
     // failOn 'truncated' turns a cut-off file into an error instead of a half-grey image.
-    meta = await sharp(bytes, { failOn: 'truncated' }).metadata();
+    meta = await sharp(bytes, { failOn: 'truncated', limitInputPixels: false }).metadata();
   } catch (e) {
     throw imageError(kind, e);
+  }
+  const declared = (meta.width ?? 0) * (meta.height ?? 0);
+  if (declared > MAX_RASTER_PIXELS) {
+    throw new DecodeError('too-large', `${kind.toUpperCase()} declares ${meta.width}x${meta.height} pixels, over the ${MAX_RASTER_PIXELS}-pixel limit`);
   }
   const sixteen = meta.depth === 'ushort' || (meta.bitsPerSample ?? 8) > 8;
   const grey = meta.space === 'b-w' || meta.space === 'grey16' || (meta.channels ?? 3) <= 2;
   let out: { data: Buffer; info: OutputInfo };
   try {
-    let pipe = sharp(bytes, { failOn: 'truncated' }).rotate().removeAlpha();
+    let pipe = sharp(bytes, { failOn: 'truncated', limitInputPixels: MAX_RASTER_PIXELS }).rotate().removeAlpha();
     pipe = grey ? pipe.toColourspace(sixteen ? 'grey16' : 'b-w') : pipe.toColourspace(sixteen ? 'rgb16' : 'srgb');
     out = await pipe.raw({ depth: sixteen ? 'ushort' : 'uchar' }).toBuffer({ resolveWithObject: true });
   } catch (e) {

@@ -3,11 +3,15 @@
  * - a bit-flipped HTJ2K file on which the openjph codec never returns: the decode pool stops it at the
  *   per-file limit ('decode-timeout') and the next file decodes on a fresh worker;
  * - a bit-flipped implicit-VR file on which dicom-parser throws a plain string after parsing: a
- *   DecodeError ('corrupt') with the parser's words, not an unclassified error the pipeline would retry.
+ *   DecodeError ('corrupt') with the parser's words, not an unclassified error the pipeline would retry;
+ * - a 5 KB baseline JPEG whose SOF claims 30000 x 8200 pixels: libjpeg fills the missing scan with grey
+ *   and it decoded "ok" into a 246-megapixel frame (704 MiB of samples, 2.8 GB as floats; sharp's own
+ *   pixel limit is higher); now refused from the header as 'too-large' before anything is allocated.
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { decodeBuffer, DecodeError, defaultDecodeOptions } from '../../src/decode/index.js';
+import { MAX_RASTER_PIXELS } from '../../src/decode/image.js';
 import { DecodePool } from '../../src/decode/pool.js';
 
 const finding = (name: string): Uint8Array => new Uint8Array(readFileSync(`tests/fixtures/fuzz-seeds/findings/${name}`));
@@ -44,6 +48,27 @@ describe('fuzzer findings', () => {
       const viaPool = await pool.decode(bytes, defaultDecodeOptions()).catch((e: unknown) => e);
       expect(viaPool).toBeInstanceOf(DecodeError);
       expect((viaPool as DecodeError).code).toBe('corrupt');
+    } finally {
+      await pool.close();
+    }
+  });
+
+  it('a JPEG whose header claims hundreds of megapixels is refused as too-large from the header, through the pool too', async () => {
+    const bytes = finding('jpeg-sof-30000x8200.jpg');
+    expect(bytes.length).toBeLessThan(10_000);
+    expect(30000 * 8200).toBeGreaterThan(MAX_RASTER_PIXELS);
+    const err = await decodeBuffer(bytes, defaultDecodeOptions()).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(DecodeError);
+    expect((err as DecodeError).code).toBe('too-large');
+    expect((err as DecodeError).message).toMatch(/JPEG declares 30000x8200 pixels, over the 67108864-pixel limit/);
+    const pool = new DecodePool({ size: 1, timeoutMs: 10_000 });
+    try {
+      const viaPool = await pool.decode(bytes, defaultDecodeOptions()).catch((e: unknown) => e);
+      expect(viaPool).toBeInstanceOf(DecodeError);
+      expect((viaPool as DecodeError).code).toBe('too-large');
+      // The seed it was mutated from (160 x 160, the same scan data) still decodes.
+      const seed = await pool.decode(new Uint8Array(readFileSync('tests/fixtures/fuzz-seeds/derived_retina_baseline.jpg')), defaultDecodeOptions());
+      expect([seed.frames[0]!.width, seed.frames[0]!.height, seed.frames[0]!.channels]).toEqual([160, 160, 3]);
     } finally {
       await pool.close();
     }

@@ -1,6 +1,7 @@
 /**
- * Decode fuzzer driver: runs `cases` mutated DICOM files (tests/chaos/fuzz/mutate.ts, seeds in
- * tests/fixtures/fuzz-seeds) through the agent's decode + preprocess path in a child process
+ * Decode fuzzer driver: runs `cases` mutated DICOM, PNG and JPEG files (seeds in
+ * tests/fixtures/fuzz-seeds, corpus.ts; DICOM mutated by mutate.ts, PNG and JPEG by mutate-image.ts)
+ * through the agent's decode + preprocess path in a child process
  * (bench/chaos/fuzz-worker.ts, built to dist/), and watches it from outside, because a hang in
  * synchronous decode code cannot be timed out from inside:
  *
@@ -14,17 +15,17 @@
  *   the pipeline would retry it and quarantine it as processing-failed, not with a clear reason).
  */
 import { spawn } from 'node:child_process';
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { rssMiB } from '../lib/common.js';
-import { loadSeed, mutate } from './mutate.js';
-import { caseRng } from './rng.js';
+import { corpusCase, loadCorpusSeed, seedFormatOf, seedNames, SEED_FORMATS, type SeedFormat } from './corpus.js';
 
 export const FUZZ_WORKER = path.resolve('dist/bench/chaos/fuzz-worker.js');
 export const FUZZ_SEEDS = path.resolve('tests/fixtures/fuzz-seeds');
 
 export interface FuzzFinding {
   index: number;
+  format: SeedFormat;
   kind: 'hang' | 'crash' | 'bug' | 'timeout';
   detail: string;
   /** Where the case was written (when saveDir is given). */
@@ -37,6 +38,8 @@ export interface FuzzReport {
   cases: number;
   seeds: number;
   outcomes: Record<string, number>;
+  /** The same, per seed format (cases, outcomes, findings and time per case of that format's seeds). */
+  byFormat: Record<SeedFormat, FormatReport>;
   /** Decode errors whose message is empty (a quarantine without a reason). */
   emptyReasons: number;
   hangs: number;
@@ -47,21 +50,39 @@ export interface FuzzReport {
   decodeTimeoutMs: number;
   msPerCase: { p50: number; p99: number; max: number };
   slowest: { index: number; ms: number; what: string }[];
-  rssMiB: { start: number; peak: number; end: number };
+  /** Worker RSS: at the first case, the highest seen, at the middle case (after warm-up) and at the last. */
+  rssMiB: { start: number; peak: number; mid: number; end: number };
   workers: number;
   wallMs: number;
 }
 
-/** The exact bytes of case i (to save or replay a finding). */
-export function fuzzCase(runSeed: number, i: number, seedsDir = FUZZ_SEEDS): { name: string; bytes: Uint8Array; mutations: string[] } {
-  const names = readdirSync(seedsDir)
-    .filter((f) => f.endsWith('.dcm'))
-    .sort();
-  const name = names[i % names.length]!;
-  const seed = loadSeed(name, new Uint8Array(readFileSync(path.join(seedsDir, name))));
-  const { bytes, mutations } = mutate(seed, caseRng(runSeed, i));
-  return { name, bytes, mutations };
+export interface FormatReport {
+  seeds: number;
+  cases: number;
+  outcomes: Record<string, number>;
+  emptyReasons: number;
+  hangs: number;
+  crashes: number;
+  bugs: number;
+  timeouts: number;
+  msPerCase: { p50: number; p99: number; max: number };
 }
+
+/** The exact bytes of case i (to save or replay a finding), with its seed's name and format. */
+export function fuzzCase(runSeed: number, i: number, seedsDir = FUZZ_SEEDS): { name: string; format: SeedFormat; bytes: Uint8Array; mutations: string[] } {
+  const names = seedNames(seedsDir);
+  const seed = loadCorpusSeed(seedsDir, names[i % names.length]!);
+  const { bytes, mutations } = corpusCase([seed], runSeed, i);
+  return { name: seed.name, format: seed.format, bytes, mutations };
+}
+
+const EXTENSION: Record<SeedFormat, string> = { dicom: 'dcm', png: 'png', jpeg: 'jpg' };
+
+const quantiles = (times: number[]): { p50: number; p99: number; max: number } => {
+  const sorted = [...times].sort((a, b) => a - b);
+  const q = (p: number): number => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]! : 0);
+  return { p50: q(0.5), p99: q(0.99), max: sorted[sorted.length - 1] ?? 0 };
+};
 
 export async function runFuzz(opts: {
   cases: number;
@@ -85,18 +106,30 @@ export async function runFuzz(opts: {
   let rssStart = 0;
   let rssPeak = 0;
   let rssEnd = 0;
+  let rssMid = 0;
   let workers = 0;
   let next = 0;
+  const names = seedNames(FUZZ_SEEDS);
+  const formatOf = (i: number): SeedFormat => seedFormatOf(names[i % names.length]!)!;
+  const per = Object.fromEntries(
+    SEED_FORMATS.map((f) => [f, { seeds: names.filter((n) => seedFormatOf(n) === f).length, cases: 0, outcomes: {}, emptyReasons: 0, hangs: 0, crashes: 0, bugs: 0, timeouts: 0, times: [] as number[] }]),
+  ) as Record<SeedFormat, Omit<FormatReport, 'msPerCase'> & { times: number[] }>;
 
-  const save = (f: FuzzFinding): FuzzFinding => {
+  const save = (f: Omit<FuzzFinding, 'format'>): FuzzFinding => {
+    const finding: FuzzFinding = { ...f, format: formatOf(f.index) };
     if (opts.saveDir) {
       mkdirSync(opts.saveDir, { recursive: true });
       const c = fuzzCase(opts.seed, f.index);
-      f.file = path.join(opts.saveDir, `case-${opts.seed}-${f.index}-${f.kind}.dcm`);
-      writeFileSync(f.file, c.bytes);
+      finding.file = path.join(opts.saveDir, `case-${opts.seed}-${f.index}-${f.kind}.${EXTENSION[c.format]}`);
+      writeFileSync(finding.file, c.bytes);
     }
-    findings.push(f);
-    return f;
+    const p = per[finding.format];
+    if (f.kind === 'hang') p.hangs++;
+    else if (f.kind === 'crash') p.crashes++;
+    else if (f.kind === 'bug') p.bugs++;
+    else p.timeouts++;
+    findings.push(finding);
+    return finding;
   };
 
   while (next < opts.cases) {
@@ -126,10 +159,16 @@ export async function runFuzz(opts: {
           outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;
           const t = Number(ms);
           times.push(t);
+          const p = per[formatOf(Number(idx))];
+          p.cases++;
+          p.outcomes[outcome] = (p.outcomes[outcome] ?? 0) + 1;
+          p.times.push(t);
+          if (outcome.startsWith('decode:') && message.trim() === '') p.emptyReasons++;
           const r = Number(rss);
           if (rssStart === 0) rssStart = r;
           rssPeak = Math.max(rssPeak, r);
           rssEnd = r;
+          if (Number(idx) === Math.floor(opts.cases / 2)) rssMid = r;
           if (outcome.startsWith('decode:') && message.trim() === '') emptyReasons++;
           if (outcome === 'decode:decode-timeout') save({ index: Number(idx), kind: 'timeout', detail: `${what} stopped by the ${decodeTimeoutMs} ms decode limit` });
           if (outcome.startsWith('bug:')) save({ index: Number(idx), kind: 'bug', detail: `${outcome} ${what} ${message}` });
@@ -163,14 +202,19 @@ export async function runFuzz(opts: {
       throw new Error(`fuzz worker failed outside a case (code ${exit.code}, signal ${exit.signal}): ${stderr}`);
     }
   }
-  const sorted = [...times].sort((a, b) => a - b);
-  const q = (p: number): number => (sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]! : 0);
+  const byFormat = Object.fromEntries(
+    SEED_FORMATS.map((f) => {
+      const { times: t, ...rest } = per[f];
+      return [f, { ...rest, cases: rest.cases + rest.hangs + rest.crashes, msPerCase: quantiles(t) }];
+    }),
+  ) as Record<SeedFormat, FormatReport>;
   return {
     scenario: 'fuzz',
     seed: opts.seed,
     cases: opts.cases,
-    seeds: readdirSync(FUZZ_SEEDS).filter((f) => f.endsWith('.dcm')).length,
+    seeds: names.length,
     outcomes,
+    byFormat,
     emptyReasons,
     hangs: findings.filter((f) => f.kind === 'hang').length,
     crashes: findings.filter((f) => f.kind === 'crash').length,
@@ -178,9 +222,9 @@ export async function runFuzz(opts: {
     findings: findings.slice(0, 50),
     timeoutMs,
     decodeTimeoutMs,
-    msPerCase: { p50: q(0.5), p99: q(0.99), max: sorted[sorted.length - 1] ?? 0 },
+    msPerCase: quantiles(times),
     slowest,
-    rssMiB: { start: rssStart, peak: rssPeak, end: rssEnd },
+    rssMiB: { start: rssStart, peak: rssPeak, mid: rssMid || rssStart, end: rssEnd },
     workers,
     wallMs: Date.now() - t0,
   };
