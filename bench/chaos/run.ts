@@ -64,6 +64,8 @@ const run = {
   commit: process.env.CHAOS_COMMIT ?? sh('git rev-parse --short HEAD'),
   dirty: process.env.CHAOS_COMMIT ? false : sh('git status --porcelain --untracked-files=no') !== '',
   machine: { host: os.hostname(), cpus: os.cpus().length, cpu: os.cpus()[0]?.model ?? 'unknown', memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version, loadavg: os.loadavg() },
+  // glibc allocator setting the children inherit (the fuzz worker's RSS depends on it: libvips threads' arenas).
+  env: { MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? null },
   results: {} as Record<string, unknown>,
   wallMs: 0,
 };
