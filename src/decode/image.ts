@@ -7,9 +7,9 @@ import { DecodeError, DecodedCapture } from './types.js';
 
 /**
  * Largest PNG/JPEG accepted, in pixels (8192 x 8192; ~0.8 GB of float frame for RGB). The header decides
- * how much the decoder allocates, not the file size: the fuzzer's 5 KB JPEG with a SOF claiming
- * 16000 x 16000 decoded "ok" (libjpeg fills the missing scan) into 3.8 GB of RSS. sharp's own limit
- * (0x3FFF squared) would still let that through.
+ * how much the decoder allocates, not the file size: a fuzzer case, a 5 KB JPEG whose SOF claims
+ * 30000 x 8200, decoded "ok" (libjpeg fills the missing scan data with grey) into 246 megapixels,
+ * 2.75 GiB as floats. sharp's own limit (0x3FFF squared) lets that through.
  */
 export const MAX_RASTER_PIXELS = 8192 * 8192;
 

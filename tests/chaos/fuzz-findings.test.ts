@@ -5,7 +5,7 @@
  * - a bit-flipped implicit-VR file on which dicom-parser throws a plain string after parsing: a
  *   DecodeError ('corrupt') with the parser's words, not an unclassified error the pipeline would retry;
  * - a 5 KB baseline JPEG whose SOF claims 30000 x 8200 pixels: libjpeg fills the missing scan with grey
- *   and it decoded "ok" into a 246-megapixel frame (704 MiB of samples, 2.8 GB as floats; sharp's own
+ *   and it decoded "ok" into a 246-megapixel frame (704 MiB of samples, 2.75 GiB as floats; sharp's own
  *   pixel limit is higher); now refused from the header as 'too-large' before anything is allocated.
  */
 import { readFileSync } from 'node:fs';
