@@ -7,6 +7,9 @@
  * - a 5 KB baseline JPEG whose SOF claims 30000 x 8200 pixels: libjpeg fills the missing scan with grey
  *   and it decoded "ok" into a 246-megapixel frame (704 MiB of samples, 2.75 GiB as floats; sharp's own
  *   pixel limit is higher); now refused from the header as 'too-large' before anything is allocated.
+ * And what the image fuzzing never produced (its cases all decode in milliseconds): a PNG/JPEG decode
+ * stopped at the per-file limit, i.e. the pool terminating a worker thread while libvips is decoding for
+ * it, must not take the process down or leave sharp unusable.
  */
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
@@ -73,4 +76,29 @@ describe('fuzzer findings', () => {
       await pool.close();
     }
   });
+
+  it('a JPEG decode stopped at the per-file limit (worker terminated while libvips decodes) leaves the process and sharp working', async () => {
+    // The baseline seed with its SOF set to 8192 x 8192, exactly the pixel limit: libvips decodes 64
+    // megapixels (the scan data runs out and is filled with grey), far more than 50 ms of work anywhere.
+    const bytes = new Uint8Array(readFileSync('tests/fixtures/fuzz-seeds/derived_retina_baseline.jpg'));
+    let at = 2;
+    while (bytes[at + 1] !== 0xc0) at += 2 + ((bytes[at + 2]! << 8) | bytes[at + 3]!);
+    bytes.set([0x20, 0x00, 0x20, 0x00], at + 5);
+    for (let i = 0; i < 3; i++) {
+      // A pool per round, its worker loaded first, so the limit stops the decode itself, not a warm-up.
+      const pool = new DecodePool({ size: 1, timeoutMs: 50 });
+      try {
+        await pool.ready();
+        const err = await pool.decode(bytes, defaultDecodeOptions()).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(DecodeError);
+        expect((err as DecodeError).code).toBe('decode-timeout');
+        expect(pool.timeouts).toBe(1);
+      } finally {
+        await pool.close();
+      }
+    }
+    // Still here (no native abort), and sharp still decodes in this process.
+    const seed = await decodeBuffer(new Uint8Array(readFileSync('tests/fixtures/fuzz-seeds/derived_retina_baseline.jpg')), defaultDecodeOptions());
+    expect([seed.frames[0]!.width, seed.frames[0]!.height]).toEqual([160, 160]);
+  }, 60_000);
 });
