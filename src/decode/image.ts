@@ -13,8 +13,27 @@ import { DecodeError, DecodedCapture } from './types.js';
  */
 export const MAX_RASTER_PIXELS = 8192 * 8192;
 
+/**
+ * libvips keeps one error buffer per process, and libjpeg writes its warnings there even when a decode
+ * succeeds; with the pool decoding files at once in several threads, a failing decode's message can carry
+ * another file's lines (the fuzz e2e run saw a damaged PNG quarantined as 'truncated' with a JPEG's
+ * "premature end of data segment"). Lines of the other format's loader are not this file's: dropped.
+ */
+function ownMessage(kind: 'png' | 'jpeg', msg: string): string {
+  const foreign = kind === 'png' ? /^(VipsJpeg|jpegload|VipsForeignLoadJpeg)/ : /^(vipspng|pngload|VipsForeignLoadPng|spng)/;
+  const kept: string[] = [];
+  for (const raw of msg.split('\n')) {
+    const line = raw.trim();
+    // sharp prefixes the buffer with its own words on the first line ("Input buffer has corrupt header: ...").
+    const prefixed = /^(Input [^:]*:)\s*(.*)$/.exec(line);
+    if (prefixed && foreign.test(prefixed[2]!)) kept.push(prefixed[1]!);
+    else if (line !== '' && !foreign.test(line)) kept.push(line);
+  }
+  return kept.join(' ') || 'the decoder gave no detail';
+}
+
 function imageError(kind: 'png' | 'jpeg', e: unknown): DecodeError {
-  const msg = e instanceof Error ? e.message : String(e);
+  const msg = ownMessage(kind, e instanceof Error ? e.message : String(e));
   if (/exceeds pixel limit/i.test(msg)) return new DecodeError('too-large', `${kind.toUpperCase()} is over the ${MAX_RASTER_PIXELS}-pixel limit: ${msg}`);
   const truncated = /premature|truncat|unexpected end|end of (file|stream|data)|not enough|short read/i.test(msg);
   return new DecodeError(truncated ? 'truncated' : 'corrupt', `${kind.toUpperCase()} cannot be decoded: ${msg}`);

@@ -7,6 +7,10 @@
  * - a 5 KB baseline JPEG whose SOF claims 30000 x 8200 pixels: libjpeg fills the missing scan with grey
  *   and it decoded "ok" into a 246-megapixel frame (704 MiB of samples, 2.75 GiB as floats; sharp's own
  *   pixel limit is higher); now refused from the header as 'too-large' before anything is allocated.
+ * - in the end-to-end fuzz run (pool of 2 threads in the agent), a damaged PNG quarantined as 'truncated'
+ *   with a JPEG's words: libvips has one error buffer per process, libjpeg writes its warnings there even
+ *   on success, and a concurrent failing decode reported them as its own. Lines of the other format's
+ *   loader are now dropped (src/decode/image.ts ownMessage).
  * And what the image fuzzing never produced (its cases all decode in milliseconds): a PNG/JPEG decode
  * stopped at the per-file limit, i.e. the pool terminating a worker thread while libvips is decoding for
  * it, must not take the process down or leave sharp unusable.
@@ -101,4 +105,26 @@ describe('fuzzer findings', () => {
     const seed = await decodeBuffer(new Uint8Array(readFileSync('tests/fixtures/fuzz-seeds/derived_retina_baseline.jpg')), defaultDecodeOptions());
     expect([seed.frames[0]!.width, seed.frames[0]!.height]).toEqual([160, 160]);
   }, 60_000);
+
+  it("a failing PNG decoded alongside JPEGs that warn keeps its own reason (libvips' process-wide error buffer)", async () => {
+    const png = finding('png-idat-damaged.png'); // IDAT bytes damaged: libpng refuses it
+    const jpeg = finding('jpeg-sof-height200-warning.jpg'); // SOF 200 rows, scan for 160: decodes, with a libjpeg warning
+    const warned = await decodeBuffer(jpeg, defaultDecodeOptions());
+    expect(warned.frames[0]!.height).toBe(200);
+    // Three threads, as the pipeline's pool has at concurrency 3; before the fix about 1 round in 10
+    // reported the JPEG's "premature end of data segment" for the PNG, classed 'truncated'.
+    const pool = new DecodePool({ size: 3, timeoutMs: 20_000 });
+    try {
+      for (let round = 0; round < 60; round++) {
+        const [p] = await Promise.allSettled([pool.decode(png, defaultDecodeOptions()), pool.decode(jpeg, defaultDecodeOptions()), pool.decode(jpeg, defaultDecodeOptions())]);
+        expect(p.status).toBe('rejected');
+        const err = (p as PromiseRejectedResult).reason as DecodeError;
+        expect(err).toBeInstanceOf(DecodeError);
+        expect(err.message, `round ${round}`).not.toMatch(/jpeg/i);
+        expect(err.code, `round ${round}: ${err.message}`).toBe('corrupt');
+      }
+    } finally {
+      await pool.close();
+    }
+  }, 120_000);
 });

@@ -96,7 +96,9 @@ describe.skipIf(skipWithoutMosquitto)('chaos: mutated files through the running 
       const seen = new Set<string>();
       const formats = new Map<string, SeedFormat>();
       const EXT: Record<SeedFormat, string> = { dicom: 'dcm', png: 'png', jpeg: 'jpg' };
-      for (let i = 0; expected.size < E2E_CASES; i++) {
+      // E2E_CASES files, and more if needed until every format has a file the decoder refuses in-process.
+      const refused = new Set<SeedFormat>();
+      for (let i = 0; expected.size < E2E_CASES || refused.size < SEED_FORMATS.length; i++) {
         const c = fuzzCase(seed, i);
         const key = Buffer.from(c.bytes).toString('base64');
         if (c.bytes.length === 0 || seen.has(key)) continue; // an empty or repeated file is a different test
@@ -110,6 +112,7 @@ describe.skipIf(skipWithoutMosquitto)('chaos: mutated files through the running 
         const name = `fuzz-${String(i).padStart(5, '0')}.${EXT[c.format]}`;
         expected.set(name, outcome);
         formats.set(name, c.format);
+        if (outcome !== 'ok') refused.add(c.format);
         hashOf.set(name, `sha256:${createHash('sha256').update(c.bytes).digest('hex')}`);
         const tmp = path.join(dirs.root, name);
         writeFileSync(tmp, c.bytes);
@@ -146,7 +149,7 @@ describe.skipIf(skipWithoutMosquitto)('chaos: mutated files through the running 
           bad++;
           const s = sidecars.get(name);
           expect(s, `${name} (${outcome}) was not quarantined`).toBeDefined();
-          expect(s!.code).toBe(outcome);
+          expect(s!.code, `${name}: ${s!.reason}`).toBe(outcome);
           expect(s!.reason.length).toBeGreaterThan(5);
           expect(classified.has(hashOf.get(name)!)).toBe(false);
         }
