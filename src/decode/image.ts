@@ -19,7 +19,7 @@ export const MAX_RASTER_PIXELS = 8192 * 8192;
  * another file's lines (the fuzz e2e run saw a damaged PNG quarantined as 'truncated' with a JPEG's
  * "premature end of data segment"). Lines of the other format's loader are not this file's: dropped.
  */
-function ownMessage(kind: 'png' | 'jpeg', msg: string): string {
+function ownLines(kind: 'png' | 'jpeg', msg: string): string[] {
   const foreign = kind === 'png' ? /^(VipsJpeg|jpegload|VipsForeignLoadJpeg)/ : /^(vipspng|pngload|VipsForeignLoadPng|spng)/;
   const kept: string[] = [];
   for (const raw of msg.split('\n')) {
@@ -29,13 +29,17 @@ function ownMessage(kind: 'png' | 'jpeg', msg: string): string {
     if (prefixed && foreign.test(prefixed[2]!)) kept.push(prefixed[1]!);
     else if (line !== '' && !foreign.test(line)) kept.push(line);
   }
-  return kept.join(' ') || 'the decoder gave no detail';
+  return kept;
 }
 
 function imageError(kind: 'png' | 'jpeg', e: unknown): DecodeError {
-  const msg = ownMessage(kind, e instanceof Error ? e.message : String(e));
+  const lines = ownLines(kind, e instanceof Error ? e.message : String(e));
+  const msg = lines.join(' ') || 'the decoder gave no detail';
   if (/exceeds pixel limit/i.test(msg)) return new DecodeError('too-large', `${kind.toUpperCase()} is over the ${MAX_RASTER_PIXELS}-pixel limit: ${msg}`);
-  const truncated = /premature|truncat|unexpected end|end of (file|stream|data)|not enough|short read/i.test(msg);
+  // libjpeg's warnings ("Corrupt JPEG data: premature end of data segment", ...) never fail a decode by
+  // themselves and may be another JPEG's (same buffer): the class comes from the other lines.
+  const fatal = lines.filter((l) => !/Corrupt JPEG data:/i.test(l)).join(' ');
+  const truncated = /premature|truncat|unexpected end|end of (file|stream|data)|not enough|short read/i.test(fatal);
   return new DecodeError(truncated ? 'truncated' : 'corrupt', `${kind.toUpperCase()} cannot be decoded: ${msg}`);
 }
 
