@@ -47,9 +47,10 @@ from prep import dicom_to_unit, minmax, rgb_to_grey, window_linear  # noqa: E402
 warnings.filterwarnings('ignore')
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CACHE = os.path.join(HERE, '.cache')
+# ORIENT_CACHE: write slices + index.json elsewhere (an experiment's data next to the shipped split)
+CACHE = os.environ.get('ORIENT_CACHE', os.path.join(HERE, '.cache'))
 SLICES = os.path.join(CACHE, 'slices')
-NPM = os.path.join(CACHE, 'npm')
+NPM = os.path.join(HERE, '.cache', 'npm')  # unpacked npm packages: shared by every cache
 
 PYDICOM = '/usr/lib/python3/dist-packages/pydicom/data/test_files'
 NIBABEL = '/usr/lib/python3/dist-packages/nibabel'
@@ -154,7 +155,19 @@ def zoom_rows(img: np.ndarray, factor: float) -> np.ndarray:
 def add_ras_volume(vol: np.ndarray, zooms, *, source: str, volume: str, patient: str, modality: str,
                    split: str, origin: str, step: int, to_unit,
                    planes=('axial', 'coronal', 'sagittal')) -> None:
-    """vol indexed [x (L->R), y (P->A), z (I->S)]. Emits upright axial/coronal/sagittal slices."""
+    """vol indexed [x (L->R), y (P->A), z (I->S)]. Emits upright axial/coronal/sagittal slices.
+    With OBLIQUE_DEG > 0 (default 0, the shipped data), training volumes are also resliced obliquely:
+    the volume tilted by +-that angle about the left-right axis (nodding) and the front-back axis
+    (rolling), every second slice, because real heads lie tilted in the scanner (tried for 1.1.0 with
+    12 degrees: MODEL_CARD.md)."""
+    if split == 'train' and OBLIQUE_DEG > 0 and not kw_tilted(origin):
+        from scipy import ndimage
+        bg = float(vol.min())
+        for axes in ((1, 2), (0, 2)):
+            for sign in (-1, 1):
+                t = ndimage.rotate(vol, sign * OBLIQUE_DEG, axes=axes, reshape=False, order=1, mode='constant', cval=bg)
+                add_ras_volume(t, zooms, source=source, volume=volume, patient=patient, modality=modality, split=split,
+                               origin=origin + '#tilted', step=step * 2, to_unit=to_unit, planes=planes)
     zx, zy, zz = (float(z) for z in zooms[:3])
     X, Y, Z = vol.shape[:3]
     for k in (range(0, Z, step) if 'axial' in planes else ()):  # axial: rows anterior->posterior, cols x
@@ -172,6 +185,13 @@ def add_ras_volume(vol: np.ndarray, zooms, *, source: str, volume: str, patient:
         s = zoom_rows(s, zz / zy)
         add(to_unit(s), source=source, volume=volume, patient=patient, modality=modality, split=split,
             origin=origin, plane='sagittal')
+
+
+OBLIQUE_DEG = float(os.environ.get('OBLIQUE_DEG', '0'))
+
+
+def kw_tilted(origin: str) -> bool:
+    return origin.endswith('#tilted')
 
 
 def add_nifti(path: str, **kw) -> None:

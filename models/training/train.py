@@ -5,7 +5,7 @@ Labels are made by construction: an upright slice rotated counter-clockwise by k
 contrast/brightness, Gaussian noise) is applied before the rotation so the model learns orientation,
 not the scanner. The resize is prep.resize_stretch: the same maths as src/preprocess.
 
-Usage: nice /usr/bin/python3 models/training/train.py [--size 128] [--steps 2500] [--seed 7]
+Usage: nice /usr/bin/python3 models/training/train.py [--size 128] [--steps 2500] [--seed 7] [--aug 1|2]
 CUDA is used when present, else CPU.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from prep import normalise, resize_stretch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CACHE = os.path.join(HERE, '.cache')
+CACHE = os.environ.get('ORIENT_CACHE', os.path.join(HERE, '.cache'))
 MEAN, STD = 0.5, 0.25
 LABELS = ['rot0', 'rot90', 'rot180', 'rot270']
 
@@ -131,7 +131,35 @@ def augment(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(x, 0, 1).astype(np.float32)
 
 
-def batch_from(frames, items, n: int, size: int, rng: np.random.Generator):
+def augment_v2(img: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """augment() plus geometry that real captures have and few training subjects cannot show:
+    a partial field of view (crop to 40-70% of a side), a head tilted in the scanner (a small
+    rotation, +-15 degrees, with shear and anisotropic scale), and a low-resolution acquisition
+    (EPI, thick reformats: down to 24-72 px and back up)."""
+    from scipy import ndimage
+    h, w = img.shape
+    if rng.random() < 0.25:  # partial field of view (e.g. a chest CT reconstructed on one region)
+        ch = int(round(h * rng.uniform(0.4, 0.7)))
+        cw = int(round(w * rng.uniform(0.4, 0.7)))
+        y0 = int(rng.integers(0, h - ch + 1))
+        x0 = int(rng.integers(0, w - cw + 1))
+        img = img[y0:y0 + ch, x0:x0 + cw]
+    x = augment(img, size, rng)
+    if rng.random() < 0.6:  # tilt, shear, anisotropic scale about the centre; outside the image is black
+        a = np.deg2rad(rng.uniform(-15, 15))
+        sh = rng.uniform(-0.1, 0.1)
+        sy, sx = np.exp(rng.uniform(-0.15, 0.15, 2))
+        m = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]) @ np.array([[sy, sh], [0, sx]])
+        inv = np.linalg.inv(m)
+        c = (np.array(x.shape) - 1) / 2
+        x = ndimage.affine_transform(x, inv, offset=c - inv @ c, order=1, mode='constant', cval=0.0).astype(np.float32)
+    if rng.random() < 0.25:  # low-resolution acquisition
+        lo = int(rng.integers(24, 73))
+        x = resize_stretch(resize_stretch(np.ascontiguousarray(x), lo, lo), size, size)
+    return np.clip(x, 0, 1).astype(np.float32)
+
+
+def batch_from(frames, items, n: int, size: int, rng: np.random.Generator, aug=augment):
     """Balanced sampling: modality, then subject (patient), then plane, then slice, each uniformly.
     Plane balance matters: upright coronal/sagittal heads have the face below the brain, upright
     axial slices through the orbits have it above; the model must see enough of both."""
@@ -146,7 +174,7 @@ def batch_from(frames, items, n: int, size: int, rng: np.random.Generator):
         subjects = tree[mods[int(rng.integers(0, len(mods)))]]
         pool = subjects[sorted(subjects)[int(rng.integers(0, len(subjects)))]]
         img = frames[pool[int(rng.integers(0, len(pool)))]]
-        x = augment(img, size, rng)
+        x = aug(img, size, rng)
         k = int(rng.integers(0, 4))
         xs[b, 0] = normalise(np.ascontiguousarray(np.rot90(x, k)), MEAN, STD)
         ys[b] = k
@@ -180,6 +208,9 @@ def main() -> None:
     ap.add_argument('--lr', type=float, default=3e-3)
     ap.add_argument('--seed', type=int, default=7)
     ap.add_argument('--out', default=None)
+    ap.add_argument('--aug', type=int, choices=(1, 2), default=1,
+                    help='1: augment() (the shipped recipe); 2: augment_v2() (+ partial field of view, tilt/shear, low resolution; '
+                         'tried for 1.1.0, see MODEL_CARD.md)')
     ap.add_argument('--select-best', action='store_true', help='ship the best-val checkpoint instead of the last')
     args = ap.parse_args()
 
@@ -206,7 +237,7 @@ def main() -> None:
     t0 = time.time()
     run_loss = 0.0
     for step in range(1, args.steps + 1):
-        x, y = batch_from(tr_frames, tr_items, args.batch, args.size, rng)
+        x, y = batch_from(tr_frames, tr_items, args.batch, args.size, rng, augment_v2 if args.aug == 2 else augment)
         loss = F.cross_entropy(model(x.to(device)), y.to(device), label_smoothing=0.05)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -230,7 +261,7 @@ def main() -> None:
     chosen, chosen_step = (best[1], best[2]) if args.select_best else (last, args.steps)
     torch.save({'state_dict': chosen, 'size': args.size, 'mean': MEAN, 'std': STD, 'labels': LABELS,
                 'best_val_acc': best[0], 'best_step': best[2], 'chosen_step': chosen_step, 'steps': args.steps, 'seed': args.seed,
-                'batch': args.batch, 'lr': args.lr, 'train_seconds': time.time() - t0,
+                'batch': args.batch, 'lr': args.lr, 'aug': args.aug, 'train_seconds': time.time() - t0,
                 'device': device.type}, out)
     print(f'saved {out} (step {chosen_step}); best val_acc {best[0]:.3f} at step {best[2]}', flush=True)
 
