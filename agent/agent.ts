@@ -32,6 +32,7 @@ export function classifierOptions(config: AgentConfig) {
   return {
     runtime: config.model.runtime,
     precision: config.model.precision,
+    optimiseFor: config.model.optimiseFor,
     stateDir: config.stateDir,
     providers: config.model.providers,
     intraOpThreads: config.model.intraOpThreads,

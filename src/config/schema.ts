@@ -48,6 +48,8 @@ export interface AgentConfig {
     runtime: RuntimePreference;
     /** `auto` (int8 only where it is faster here), one precision, or precisions in preference order. */
     precision: PrecisionPreference;
+    /** What `auto` ranks by: batch-1 latency, or images/s over a backlog (latency / workers). */
+    optimiseFor: OptimiseFor;
     providers: string[];
     intraOpThreads: number;
     interOpThreads: number;
@@ -121,6 +123,7 @@ export type RuntimeName = 'onnx' | 'tflite' | 'tfjs';
 export type RuntimePreference = 'auto' | RuntimeName | RuntimeName[];
 export type PrecisionName = 'fp32' | 'int8';
 export type PrecisionPreference = 'auto' | PrecisionName | PrecisionName[];
+export type OptimiseFor = 'latency' | 'throughput';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 
@@ -214,6 +217,14 @@ export const configSchema = {
           description:
             'auto, fp32, int8, or a list in preference order. auto: int8 is served only where the on-device benchmark finds it faster ' +
             'than fp32 (at least 5%); otherwise fp32, with a note in health ("int8 slower than fp32 here: x vs y ms")',
+        },
+        optimiseFor: {
+          type: 'string', enum: ['latency', 'throughput'], default: 'latency',
+          description:
+            'what the auto benchmark ranks by. latency: the lowest batch-1 time per capture (one image at a time: a detector, a ' +
+            'radiograph). throughput: the most captures per second over a backlog (a CT series arriving at once): batch-1 time ' +
+            'divided by the workers the candidate serves with, so 1 thread x cores workers usually wins. Both use the same ' +
+            'cached measurements (docs/PERFORMANCE.md, bench/runtimes)',
         },
         providers: {
           type: 'array', minItems: 1, default: ['cpu'],

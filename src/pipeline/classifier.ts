@@ -16,13 +16,14 @@ import {
   markFailed,
   planSelection,
   type Candidate,
+  servingWorkers,
+  type OptimiseFor,
   type PrecisionPreference,
   type RuntimePreference,
   type SelectionReport,
 } from '../runtimes/select.js';
 import { openSession, type IsolationOptions } from '../runtimes/worker/supervisor.js';
 import { activate, type ModelInfo } from './result.js';
-import os from 'node:os';
 import path from 'node:path';
 
 export interface ClassifyOutput {
@@ -45,6 +46,8 @@ export interface ClassifierOptions extends RuntimeLoadOptions {
   runtime: RuntimePreference;
   /** Config model.precision (default 'auto': int8 only where it measures faster here). */
   precision?: PrecisionPreference;
+  /** Config model.optimiseFor: what `auto` ranks by (default 'latency'). */
+  optimiseFor?: OptimiseFor;
   /** State dir holding the runtime benchmark cache (runtime-selection.json); absent: no cache. */
   stateDir?: string;
   /** Timed-run budget of the auto benchmark, all candidates together (default 2000 ms). */
@@ -130,6 +133,7 @@ export class BundleClassifier implements Classifier {
     const selectOpts: Parameters<typeof planSelection>[1] = {
       runtime: opts.runtime,
       precision: opts.precision ?? 'auto',
+      optimiseFor: opts.optimiseFor ?? 'latency',
       load: opts,
       excludeRuntimes: opts.excludeRuntimes ?? [],
       measure: opts.benchmark ?? opts.isolation !== undefined,
@@ -165,8 +169,7 @@ export class BundleClassifier implements Classifier {
     // (bench/runtimes: onnx/int8 at 1 thread, 2 workers gave 13-36% more images/s than 1 worker on 2 cores).
     const load = c.threads ? { ...opts, intraOpThreads: c.threads } : opts;
     const iso = opts.isolation;
-    const isolation =
-      c.threads && iso && iso.mode !== 'none' && iso.workers === 0 ? { ...iso, workers: Math.max(1, Math.floor(os.availableParallelism() / c.threads)) } : iso;
+    const isolation = c.threads && iso && iso.mode !== 'none' && iso.workers === 0 ? { ...iso, workers: servingWorkers(c, iso) } : iso;
     const session = await openSession(c.runtime, path.join(bundle.dir, c.file.path), load, isolation);
     const classifier = new BundleClassifier(bundle, session, c.file, opts.maxBatch ?? 8);
     try {

@@ -11,6 +11,8 @@
  *   will serve: same runtime options, same isolation; golden-checked; then batch-1 runs of the golden
  *   input in blocks of back-to-back calls, candidates in turn so a noisy neighbour slows all of them
  *   alike, within a small time budget). Candidates are ordered by median latency; that order is also the fallback order.
+ *   With `model.optimiseFor: throughput` they are ordered by median latency / the workers the candidate
+ *   serves with (servingWorkers): the time per image when a backlog keeps every worker busy.
  *
  * int8 is put ahead of fp32 of the same runtime only when it is at least INT8_MARGIN faster: a tie goes to
  * fp32 (no accuracy cost). When int8 loses, the report carries a note such as
@@ -34,12 +36,14 @@ import { modelFiles, resolveBundlePath } from '../models/bundle.js';
 import { goldenEntries, runGolden } from '../models/golden.js';
 import type { LoadedBundle, ModelFileEntry } from '../models/types.js';
 import type { InferenceSessionHandle, ProviderAttempt, RuntimeLoadOptions } from './types.js';
-import { openSession, type IsolationOptions } from './worker/supervisor.js';
+import { defaultWorkers, openSession, type IsolationOptions } from './worker/supervisor.js';
 
 export type RuntimeName = 'onnx' | 'tflite' | 'tfjs';
 export type Precision = ModelFileEntry['precision'];
 export type RuntimePreference = 'auto' | RuntimeName | readonly RuntimeName[];
 export type PrecisionPreference = 'auto' | Precision | readonly Precision[];
+/** What `auto` ranks candidates by (config model.optimiseFor). */
+export type OptimiseFor = 'latency' | 'throughput';
 
 /** Runtime types a bundle file format maps to (runtimes are named after the formats they load). */
 export const RUNTIME_NAMES: readonly RuntimeName[] = ['onnx', 'tflite', 'tfjs'];
@@ -104,6 +108,8 @@ export interface MachineFingerprint {
 export interface SelectionReport {
   /** 'auto' (benchmark) or 'preference' (config order); 'fallback' after a runtime failed while serving. */
   mode: 'auto' | 'preference' | 'fallback';
+  /** What measured candidates were ranked by. */
+  optimiseFor: OptimiseFor;
   runtimes: string[];
   precisions: string[];
   /** The candidate serving now (set once it loaded and passed its golden check). */
@@ -124,6 +130,8 @@ export interface SelectionReport {
 export interface SelectOptions {
   runtime: RuntimePreference;
   precision?: PrecisionPreference;
+  /** latency (default): rank by batch-1 median; throughput: by median / servingWorkers. */
+  optimiseFor?: OptimiseFor;
   /** Runtime options the candidates are opened with (the serving ones: same threads, providers). */
   load: RuntimeLoadOptions;
   /** Isolation the benchmark sessions use (the serving one; callbacks are not passed on). */
@@ -169,6 +177,17 @@ export function defaultThreads(isolation: IsolationOptions | undefined): number 
   if (!isolation || isolation.mode === 'none') return cores;
   const workers = isolation.workers > 0 ? isolation.workers : Math.max(1, Math.floor(cores / 2));
   return Math.max(1, Math.floor(cores / workers));
+}
+
+/**
+ * Workers a candidate serves with: model.workers when set; with workers left to the agent (0), a thread
+ * variant gets cores / its threads workers (every core busy), any other candidate the default pool
+ * (defaultWorkers); in-process serving (isolation none, or none given) is one.
+ */
+export function servingWorkers(c: { threads?: number | undefined }, isolation: IsolationOptions | undefined): number {
+  if (!isolation || isolation.mode === 'none') return 1;
+  if (isolation.workers > 0) return isolation.workers;
+  return c.threads ? Math.max(1, Math.floor(os.availableParallelism() / c.threads)) : defaultWorkers();
 }
 
 /** `auto` | one | list -> list (auto: every known runtime in the default order). */
@@ -560,8 +579,14 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
     return !r || r.status === 'measured';
   });
   const msOf = (c: Candidate) => results.get(c)?.ms?.p50;
+  const optimiseFor = opts.optimiseFor ?? 'latency';
+  // throughput: time per image with every worker of the candidate busy
+  const costOf = (c: Candidate): number | undefined => {
+    const ms = msOf(c);
+    return ms === undefined || optimiseFor === 'latency' ? ms : ms / servingWorkers(c, opts.isolation);
+  };
   const effective = (c: Candidate): number => {
-    const ms = msOf(c) ?? Infinity;
+    const ms = costOf(c) ?? Infinity;
     if (c.precision !== 'int8' || !precisionAuto) return ms;
     const sibling = usable.some((x) => x.runtime === c.runtime && x.precision === 'fp32' && msOf(x) !== undefined);
     return sibling ? ms / (1 - INT8_MARGIN) : ms;
@@ -619,8 +644,16 @@ export async function planSelection(bundle: LoadedBundle, opts: SelectOptions): 
     if (r?.status === 'excluded') notes.push(`${candidateKey(c)} excluded: ${r.reason ?? 'failed its checks'}`);
   }
 
+  if (optimiseFor === 'throughput' && toMeasure.length && !opts.order) {
+    const per = usable
+      .filter((c) => msOf(c) !== undefined)
+      .map((c) => `${candidateKey(c)} ${fmtMs(msOf(c)!)} ms / ${servingWorkers(c, opts.isolation)} = ${fmtMs(costOf(c)!)}`);
+    notes.push(`ranked for throughput (p50 / workers, ms per image with a backlog): ${per.join(', ')}`);
+  }
+
   const report: SelectionReport = {
     mode: excluded.size ? 'fallback' : auto ? 'auto' : 'preference',
+    optimiseFor,
     runtimes,
     precisions,
     order: order.map(candidateKey),
@@ -664,7 +697,7 @@ export function markChosen(report: SelectionReport, c: Candidate, session: Infer
 /** One line for logs: "onnx/fp32 (cpu) chosen by benchmark, 0.33 ms p50 (cached); order onnx/fp32 > tfjs/fp32". */
 export function describeSelection(r: SelectionReport): string {
   if (!r.chosen) return `no runtime could serve (${r.notes.join('; ')})`;
-  const how = r.mode === 'auto' ? 'chosen by on-device benchmark' : r.mode === 'fallback' ? 'fallback' : r.benchmarked ? 'preference order, precision by benchmark' : 'preference order';
+  const how = r.mode === 'auto' ? `chosen by on-device benchmark${r.optimiseFor === 'throughput' ? ' for throughput' : ''}` : r.mode === 'fallback' ? 'fallback' : r.benchmarked ? 'preference order, precision by benchmark' : 'preference order';
   const ms = r.chosen.ms !== undefined ? `, ${fmtMs(r.chosen.ms)} ms p50` : '';
   const cached = r.benchmarked ? (r.cached ? ' (cached measurement)' : ' (measured now)') : '';
   return `${candidateKey(r.chosen)} (${r.chosen.provider}) ${how}${ms}${cached}; order ${r.order.join(' > ')}`;

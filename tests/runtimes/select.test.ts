@@ -194,6 +194,36 @@ describe('runtime selection: auto', () => {
     expect(candidateKey(cli.chosen!)).toBe(candidateKey(r.chosen!));
   }, 120_000);
 
+  it('optimiseFor throughput ranks the same measurements by time per image with every worker busy (p50 / serving workers)', async () => {
+    const cores = (await import('node:os')).availableParallelism();
+    const state = stateDir();
+    const isolation = { mode: 'process' as const, workers: 0, inferenceTimeoutMs: 30_000, maxWorkerRssMb: 0, restartLimit: { count: 5, windowSec: 60 } };
+    const tp = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: state, intraOpThreads: 0, optimiseFor: 'throughput', isolation });
+    // the same bundle and options for latency: the cached measurements, ranked the other way
+    const lat = await loadAndClose(SHIPPED, { runtime: 'auto', stateDir: state, intraOpThreads: 0, optimiseFor: 'latency', isolation });
+    expect(tp).toMatchObject({ optimiseFor: 'throughput', benchmarked: true, cached: false });
+    expect(lat).toMatchObject({ optimiseFor: 'latency', benchmarked: true, cached: true, measuredAt: tp.measuredAt });
+    // workers each candidate serves with (model.workers 0): a thread variant cores / threads, others one per two cores
+    const workers = (c: { threads?: number }) => (c.threads ? Math.max(1, Math.floor(cores / c.threads)) : Math.max(1, Math.floor(cores / 2)));
+    for (const [r, cost] of [
+      [tp, (c: SelectionReport['candidates'][number]) => c.ms!.p50 / workers(c)],
+      [lat, (c: SelectionReport['candidates'][number]) => c.ms!.p50],
+    ] as const) {
+      const m = measured(r);
+      const effective = (c: SelectionReport['candidates'][number]) =>
+        c.precision === 'int8' && m.some((x) => x.runtime === c.runtime && x.precision === 'fp32') ? cost(c) / (1 - INT8_MARGIN) : cost(c);
+      // the whole order follows the metric, so the fallback after the first candidate does too
+      const ranked = r.order.map((k) => effective(m.find((c) => candidateKey(c) === k)!));
+      expect(ranked).toEqual([...ranked].sort((a, b) => a - b));
+      expect(r.order[0]).toBe(candidateKey(r.chosen!));
+    }
+    // the health/log note says what was compared, with the workers each candidate gets
+    const note = tp.notes.find((n) => n.startsWith('ranked for throughput'));
+    expect(note).toBeDefined();
+    if (cores > 1) expect(note).toMatch(new RegExp(`onnx/int8@1t [0-9.]+ ms / ${cores} = `));
+    expect(lat.notes.some((n) => n.startsWith('ranked for throughput'))).toBe(false);
+  }, 180_000);
+
   it('int8 slower than fp32 on this hardware: fp32 serves and the report says so; an explicit precision still wins', async () => {
     const dir = await tinyBundle([fp32File(), int8File()]);
     const c = await load(dir, { runtime: 'auto', stateDir: stateDir(), allowUnsigned: true });
