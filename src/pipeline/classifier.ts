@@ -15,8 +15,8 @@ import {
   markChosen,
   markFailed,
   planSelection,
-  type Candidate,
   servingWorkers,
+  type Candidate,
   type OptimiseFor,
   type PrecisionPreference,
   type RuntimePreference,
@@ -169,7 +169,7 @@ export class BundleClassifier implements Classifier {
     // (bench/runtimes: onnx/int8 at 1 thread, 2 workers gave 13-36% more images/s than 1 worker on 2 cores).
     const load = c.threads ? { ...opts, intraOpThreads: c.threads } : opts;
     const iso = opts.isolation;
-    const isolation = c.threads && iso && iso.mode !== 'none' && iso.workers === 0 ? { ...iso, workers: servingWorkers(c, iso) } : iso;
+    const isolation = iso && iso.mode !== 'none' ? { ...iso, workers: servingWorkers(c, iso) } : iso;
     const session = await openSession(c.runtime, path.join(bundle.dir, c.file.path), load, isolation);
     const classifier = new BundleClassifier(bundle, session, c.file, opts.maxBatch ?? 8);
     try {

@@ -171,12 +171,9 @@ function sameCandidate(a: { runtime: string; precision: string; threads?: number
   return candidateKey(a) === candidateKey(b);
 }
 
-/** Threads one worker gets when model.intraOpThreads is 0 (as openSession computes them). */
+/** Threads one worker gets when model.intraOpThreads is 0 (as openSession computes them): the cores shared by the pool. */
 export function defaultThreads(isolation: IsolationOptions | undefined): number {
-  const cores = os.availableParallelism();
-  if (!isolation || isolation.mode === 'none') return cores;
-  const workers = isolation.workers > 0 ? isolation.workers : Math.max(1, Math.floor(cores / 2));
-  return Math.max(1, Math.floor(cores / workers));
+  return Math.max(1, Math.floor(os.availableParallelism() / servingWorkers({}, isolation)));
 }
 
 /**
