@@ -3,50 +3,28 @@
  * mosquitto, `bundle upload`, `rollout create --wait` moving simulated agents to a new version (exit 0),
  * a canary failure rolled back (exit 1, with the agent's reason), `rollout status`, and refusals.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startSimFleet, stopSimFleet, type SimAgent } from '../../src/central/sim.js';
 import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
-import { DEV_PUB, makeBundle, tempDir, TOKEN, until, type MadeBundle, CENTRAL_CLI, runCentralCli } from './helpers.js';
+import { makeBundle, runCentralCli, serveCentral, tempDir, until, type MadeBundle, type ServedCentral } from './helpers.js';
 import { writeFileSync } from 'node:fs';
-
-const CLI = CENTRAL_CLI;
 
 const run = runCentralCli;
 
 describe.skipIf(skipWithoutMosquitto)('edge-central CLI', () => {
   let broker: Mosquitto;
-  let server: ChildProcess;
+  let central: ServedCentral;
   let url = '';
   let env: NodeJS.ProcessEnv;
   let sims: SimAgent[] = [];
   let good: MadeBundle;
   let bad: MadeBundle;
-  const logs: string[] = [];
 
   beforeAll(async () => {
     broker = await startMosquitto();
-    const dir = tempDir();
-    const tokenFile = path.join(dir, 'token');
-    writeFileSync(tokenFile, `${TOKEN}\n`);
-    server = spawn(process.execPath, [CLI, 'serve', '--mqtt-url', broker.url, '--data-dir', path.join(dir, 'data'), '--token-file', tokenFile, '--trusted-key', DEV_PUB, '--port', '0'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    server.stdout!.on('data', (d: Buffer) => logs.push(...d.toString().split('\n').filter(Boolean)));
-    server.stderr!.on('data', (d: Buffer) => logs.push(d.toString()));
-    url = await until(() => {
-      for (const l of logs) {
-        try {
-          const j = JSON.parse(l) as { msg?: string; url?: string };
-          if (j.msg === 'central started' && j.url) return j.url;
-        } catch {
-          /* not JSON */
-        }
-      }
-      return null;
-    }, 'central started');
-    env = { EDGE_CENTRAL_URL: url, EDGE_CENTRAL_TOKEN_FILE: tokenFile };
+    central = await serveCentral(broker.url);
+    ({ url, env } = central);
     [good, bad] = await Promise.all([makeBundle('1.2.0'), makeBundle('1.3.0')]);
     sims = await startSimFleet({
       url: broker.url,
@@ -59,10 +37,7 @@ describe.skipIf(skipWithoutMosquitto)('edge-central CLI', () => {
   });
   afterAll(async () => {
     await stopSimFleet(sims);
-    if (server && server.exitCode === null) {
-      server.kill('SIGTERM');
-      await new Promise((r) => server.once('exit', r));
-    }
+    await central?.stop();
     await broker?.dispose();
   });
 

@@ -8,8 +8,7 @@
  * bundle whose golden outputs were altered (validly signed, so only the agent's golden check can catch
  * it) fails on the canary agent, which keeps serving; central halts, rolls back, and reports why.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, existsSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -17,9 +16,8 @@ import type { AgentSummary, AgentView } from '../../src/central/fleet.js';
 import type { RolloutView } from '../../src/central/rollout.js';
 import { AgentProcess, agentDirs, type AgentDirs } from '../helpers/agent.js';
 import { skipWithoutMosquitto, startMosquitto, type Mosquitto } from '../helpers/mosquitto.js';
-import { DEV_PUB, makeBundle, ROOT, tempDir, TOKEN, until, CENTRAL_CLI, runCentralCli } from './helpers.js';
+import { DEV_PUB, makeBundle, ROOT, serveCentral, TOKEN, until, runCentralCli, type ServedCentral } from './helpers.js';
 
-const CLI = CENTRAL_CLI;
 const CHROMIUM = '/usr/bin/chromium';
 const haveChromium = existsSync(CHROMIUM);
 if (!haveChromium && process.env.CI === 'true') throw new Error(`${CHROMIUM} not found (apt-get install chromium); CI=true: a missing peer is a failure`);
@@ -29,12 +27,11 @@ const cli = runCentralCli;
 
 describe.skipIf(skipWithoutMosquitto)('central + two real agents: rollout and automatic rollback', () => {
   let broker: Mosquitto;
-  let server: ChildProcess;
+  let central: ServedCentral;
   let url = '';
   let env: NodeJS.ProcessEnv;
   const agents: AgentProcess[] = [];
   const dirs: AgentDirs[] = [];
-  const serverLog: string[] = [];
   let fixture = 0;
 
   const api = async <T>(p: string): Promise<T> => (await (await fetch(url + p, { headers: { authorization: `Bearer ${TOKEN}` } })).json()) as T;
@@ -53,16 +50,8 @@ describe.skipIf(skipWithoutMosquitto)('central + two real agents: rollout and au
 
   beforeAll(async () => {
     broker = await startMosquitto();
-    const dir = tempDir();
-    const tokenFile = path.join(dir, 'token');
-    writeFileSync(tokenFile, `${TOKEN}\n`);
-    server = spawn(process.execPath, [CLI, 'serve', '--mqtt-url', broker.url, '--data-dir', path.join(dir, 'data'), '--token-file', tokenFile, '--trusted-key', DEV_PUB, '--port', '0'], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    server.stdout!.on('data', (d: Buffer) => serverLog.push(...d.toString().split('\n').filter(Boolean)));
-    server.stderr!.on('data', (d: Buffer) => serverLog.push(d.toString()));
-    url = await until(() => serverLog.map((l) => /"url":"(http[^"]+)"/.exec(l)?.[1]).find(Boolean) ?? null, 'central started');
-    env = { EDGE_CENTRAL_URL: url, EDGE_CENTRAL_TOKEN_FILE: tokenFile };
+    central = await serveCentral(broker.url);
+    ({ url, env } = central);
 
     for (let i = 0; i < 2; i++) {
       const d = agentDirs({
@@ -90,10 +79,7 @@ describe.skipIf(skipWithoutMosquitto)('central + two real agents: rollout and au
 
   afterAll(async () => {
     for (const a of agents) await a.stop();
-    if (server && server.exitCode === null) {
-      server.kill('SIGTERM');
-      await new Promise((r) => server.once('exit', r));
-    }
+    await central?.stop();
     await broker?.dispose();
     for (const d of dirs) rmSync(d.root, { recursive: true, force: true });
   });

@@ -123,3 +123,51 @@ export function runCentralCli(args: string[], env: NodeJS.ProcessEnv = {}): Prom
     p.on('exit', (code) => resolve({ code, stdout, stderr }));
   });
 }
+
+/** `edge-central serve` running as its own process (the compiled CLI), as an operator starts it. */
+export interface ServedCentral {
+  url: string;
+  /** What the `edge-central` subcommands need to reach it: EDGE_CENTRAL_URL and EDGE_CENTRAL_TOKEN_FILE. */
+  env: NodeJS.ProcessEnv;
+  /** Its stdout lines and stderr chunks, as they came. */
+  logs: string[];
+  stop(): Promise<void>;
+}
+
+/** Starts `edge-central serve` on `mqttUrl` with a fresh data dir, the test token and the development key; resolves once it logs its URL. */
+export async function serveCentral(mqttUrl: string): Promise<ServedCentral> {
+  const dir = tempDir();
+  const tokenFile = path.join(dir, 'token');
+  writeFileSync(tokenFile, `${TOKEN}\n`);
+  const server = spawn(
+    process.execPath,
+    [CENTRAL_CLI, 'serve', '--mqtt-url', mqttUrl, '--data-dir', path.join(dir, 'data'), '--token-file', tokenFile, '--trusted-key', DEV_PUB, '--port', '0'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  const logs: string[] = [];
+  server.stdout.on('data', (d: Buffer) => logs.push(...d.toString().split('\n').filter(Boolean)));
+  server.stderr.on('data', (d: Buffer) => logs.push(d.toString()));
+  const stop = async (): Promise<void> => {
+    if (server.exitCode !== null || server.signalCode !== null) return;
+    const exited = new Promise((r) => server.once('exit', r));
+    server.kill('SIGTERM');
+    await exited;
+  };
+  try {
+    const url = await until(() => {
+      for (const l of logs) {
+        try {
+          const j = JSON.parse(l) as { msg?: string; url?: string };
+          if (j.msg === 'central started' && j.url) return j.url;
+        } catch {
+          /* not JSON */
+        }
+      }
+      return null;
+    }, 'central started');
+    return { url, env: { EDGE_CENTRAL_URL: url, EDGE_CENTRAL_TOKEN_FILE: tokenFile }, logs, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
