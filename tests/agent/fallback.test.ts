@@ -8,14 +8,13 @@
  * `error` naming both runtimes, announce the new model in `state`, and every dropped file must still
  * yield exactly one result (the ones refused by the failed runtime run again on tfjs), none quarantined.
  */
-import { spawnSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
 import { CRASH_RUNTIME_PREFIX, FAULT_DIR_ENV, FAULT_ENV } from '../../src/runtimes/worker/protocol.js';
-import { AgentProcess, CLI, agentDirs } from '../helpers/agent.js';
+import { AgentProcess, agentDirs, inferByFileName } from '../helpers/agent.js';
 import { freePort } from '../helpers/ports.js';
 import { Subscriber, until } from '../mqtt/util.js';
 
@@ -124,17 +123,9 @@ describe('runtime fallback', () => {
       expect(states.at(-1)).toMatchObject({ state: 'online', model: { runtime: 'tfjs' } });
 
       // same labels as in-process onnx inference (`edge-agent infer`, no fault hook there)
-      const r = spawnSync(process.execPath, [CLI, 'infer', '--config', dirs.configFile, ...files.map((f) => path.join(copies, path.basename(f)))], {
-        encoding: 'utf8',
-      });
+      const r = inferByFileName<Result>(dirs.configFile, files.map((f) => path.join(copies, path.basename(f))));
       expect(r.status, r.stderr).toBe(0);
-      const reference = new Map(
-        r.stdout
-          .trim()
-          .split('\n')
-          .map((l) => JSON.parse(l) as Result)
-          .map((x) => [x.input.fileName, x] as const),
-      );
+      const reference = r.results;
       for (const res of got) expect(res.label, res.input.fileName).toBe(reference.get(res.input.fileName)!.label);
 
       await agent.stop();

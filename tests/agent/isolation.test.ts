@@ -4,14 +4,13 @@
  * with SIGKILL (twice) while they flow. Every file must still yield exactly one result, with the same
  * scores `edge-agent infer` (in-process inference) gives for that file; nothing is quarantined.
  */
-import { spawnSync } from 'node:child_process';
 import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import sharp from 'sharp';
 import { afterEach, describe, expect, it } from 'vitest';
-import { AgentProcess, CLI, agentDirs } from '../helpers/agent.js';
+import { AgentProcess, agentDirs, inferByFileName } from '../helpers/agent.js';
 import { freePort } from '../helpers/ports.js';
 import { Subscriber, until } from '../mqtt/util.js';
 
@@ -142,17 +141,9 @@ describe('agent with inference isolation', () => {
       expect(agent.exitCode).toBeNull(); // the agent itself never went down
 
       // Same scores as in-process inference (`edge-agent infer` keeps the in-process path).
-      const r = spawnSync(process.execPath, [CLI, 'infer', '--config', dirs.configFile, ...files.map((f) => path.join(copies, path.basename(f)))], {
-        encoding: 'utf8',
-      });
+      const r = inferByFileName<Result>(dirs.configFile, files.map((f) => path.join(copies, path.basename(f))));
       expect(r.status, r.stderr).toBe(0);
-      const reference = new Map(
-        r.stdout
-          .trim()
-          .split('\n')
-          .map((l) => JSON.parse(l) as Result)
-          .map((x) => [x.input.fileName, x] as const),
-      );
+      const reference = r.results;
       expect(reference.size).toBe(N);
       for (const res of got) {
         const ref = reference.get(res.input.fileName)!;

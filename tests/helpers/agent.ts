@@ -2,7 +2,7 @@
  * Runs the real agent (compiled CLI, `npm test` builds first) as a separate process, the way a
  * device runs it, with its own inbox/state folders and a generated config.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,6 +12,17 @@ import { PUBLISH_TAP_ENV } from '../../src/mqtt/publish-tap.js';
 import { findPhi, type PhiHit } from './phi.js';
 
 export const CLI = path.resolve('dist/agent/cli.js');
+
+/**
+ * `edge-agent infer --config FILE FILES...` (in process: no worker, no fault hooks), the reference the
+ * supervised agent's results are compared with: its exit status, stderr, and the NDJSON results by input file name.
+ */
+export function inferByFileName<T extends { input: { fileName: string } }>(configFile: string, files: string[]): { status: number | null; stderr: string; results: Map<string, T> } {
+  const r = spawnSync(process.execPath, [CLI, 'infer', '--config', configFile, ...files], { encoding: 'utf8' });
+  const lines = r.stdout.trim() === '' ? [] : r.stdout.trim().split('\n');
+  const results = new Map(lines.map((l) => JSON.parse(l) as T).map((x) => [x.input.fileName, x] as const));
+  return { status: r.status, stderr: r.stderr, results };
+}
 
 export interface AgentDirs {
   root: string;
