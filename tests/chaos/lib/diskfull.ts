@@ -9,10 +9,9 @@
  * capture gets exactly one resultId; the store passes `PRAGMA integrity_check`.
  */
 import { spawnSync } from 'node:child_process';
-import { closeSync, mkdirSync, mkdtempSync, openSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { closeSync, mkdirSync, openSync, renameSync, rmSync, unlinkSync, writeSync } from 'node:fs';
 import path from 'node:path';
-import { AgentProcess, writeConfig, type AgentDirs } from '../../helpers/agent.js';
+import { AgentProcess, agentDirs } from '../../helpers/agent.js';
 import type { Mosquitto } from '../../helpers/mosquitto.js';
 import { Subscriber } from '../../mqtt/util.js';
 import { CHAOS_MODEL, auditStore, filesUnder, makeCaptures, ResultLedger, sleep, type DeliveryAudit, type StoreAudit } from './common.js';
@@ -80,23 +79,14 @@ export interface DiskFullReport {
 
 export async function runDiskFull(opts: { broker: Mosquitto; sizeKiB?: number; before?: number; whileFull?: number; log?: (l: string) => void }): Promise<DiskFullReport | { skipped: string }> {
   const log = opts.log ?? (() => undefined);
-  const root = mkdtempSync(path.join(tmpdir(), 'chaos-full-'));
-  const dirs: AgentDirs = {
-    root,
-    inbox: path.join(root, 'inbox'),
-    stateDir: path.join(root, 'state'),
-    doneDir: path.join(root, 'done'),
-    quarantineDir: path.join(root, 'quarantine'),
-    configFile: path.join(root, 'config.yaml'),
-  };
-  mkdirSync(dirs.inbox, { recursive: true });
+  const deviceId = 'chaos-diskfull';
+  const dirs = agentDirs({ deviceId, model: CHAOS_MODEL, mqtt: { url: opts.broker.url }, ingest: { stabilityMs: 100, pollIntervalMs: 50 } });
+  const root = dirs.root;
   const why = mountTmpfs(dirs.stateDir, opts.sizeKiB ?? 8192);
   if (why) {
     rmSync(root, { recursive: true, force: true });
     return { skipped: why };
   }
-  const deviceId = 'chaos-diskfull';
-  writeConfig(dirs, { deviceId, model: CHAOS_MODEL, mqtt: { url: opts.broker.url }, ingest: { stabilityMs: 100, pollIntervalMs: 50 } });
   const nBefore = opts.before ?? 5;
   const nFull = opts.whileFull ?? 40;
   const captures = makeCaptures(nBefore + nFull, path.join(root, 'staging'));
