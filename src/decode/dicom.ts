@@ -127,9 +127,13 @@ function isTruncationMessage(msg: string): boolean {
   return /past end|overread|overrun|beyond|end of buffer|eof|premature|truncat|outside of range|offset is outside|maxPosition|greater than or equal to 'byteArray' length/i.test(msg);
 }
 
-function parse(bytes: Uint8Array): DataSet {
+/**
+ * What dicom-parser is given for a sniffed file: a Part 10 file as is; a meta group without the 128-byte
+ * preamble gets one (plus "DICM"); a bare data set gets its transfer syntax as an option. Undefined: not DICOM.
+ */
+export function parserInput(bytes: Uint8Array): { input: Uint8Array; options: DicomParserNs.ParseDicomOptions } | undefined {
   const kind = sniffDicom(bytes);
-  if (!kind) throw new DecodeError('not-dicom', 'not a DICOM file: no DICM preamble and no plausible DICOM data set at offset 0');
+  if (!kind) return undefined;
   let input = bytes;
   const options: DicomParserNs.ParseDicomOptions = {};
   if (kind === 'meta-no-preamble') {
@@ -139,6 +143,13 @@ function parse(bytes: Uint8Array): DataSet {
   } else if (kind !== 'part10') {
     options.TransferSyntaxUID = kind === 'explicitLE' ? TS.explicitLE : kind === 'implicitLE' ? TS.implicitLE : TS.explicitBE;
   }
+  return { input, options };
+}
+
+function parse(bytes: Uint8Array): DataSet {
+  const prepared = parserInput(bytes);
+  if (!prepared) throw new DecodeError('not-dicom', 'not a DICOM file: no DICM preamble and no plausible DICOM data set at offset 0');
+  const { input, options } = prepared;
   let inflateError: unknown;
   const inflater = (arr: Uint8Array, position: number): Uint8Array => {
     try {

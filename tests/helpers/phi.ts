@@ -24,7 +24,7 @@ import path from 'node:path';
 import { inflateRawSync } from 'node:zlib';
 import type * as DicomParserNs from 'dicom-parser';
 import type { DataSet } from 'dicom-parser';
-import { sniffDicom, TS } from '../../src/decode/dicom.js';
+import { parserInput } from '../../src/decode/dicom.js';
 
 const require = createRequire(import.meta.url);
 const dicomParser = require('dicom-parser') as typeof DicomParserNs;
@@ -89,17 +89,9 @@ export function maskValue(v: string): string {
 }
 
 function parseFixture(bytes: Uint8Array): DataSet | undefined {
-  const kind = sniffDicom(bytes);
-  if (!kind) return undefined;
-  let input = bytes;
-  const options: DicomParserNs.ParseDicomOptions = {};
-  if (kind === 'meta-no-preamble') {
-    input = new Uint8Array(bytes.length + 132);
-    input.set([0x44, 0x49, 0x43, 0x4d], 128);
-    input.set(bytes, 132);
-  } else if (kind !== 'part10') {
-    options.TransferSyntaxUID = kind === 'explicitLE' ? TS.explicitLE : kind === 'implicitLE' ? TS.implicitLE : TS.explicitBE;
-  }
+  const prepared = parserInput(bytes);
+  if (!prepared) return undefined;
+  const { input, options } = prepared;
   (options as { inflater?: unknown }).inflater = (arr: Uint8Array, position: number): Uint8Array => {
     const inflated = inflateRawSync(arr.subarray(position));
     const full = new Uint8Array(position + inflated.length);
